@@ -1,0 +1,29 @@
+"""Errors the library raises on purpose: each carries a one-line message meant for a person."""
+
+
+class LakehouseError(Exception):
+    """Base class: a failure with a message that says what went wrong and what to do."""
+
+
+class ConfigError(LakehouseError):
+    """A setting is missing or invalid."""
+
+
+class SourceError(LakehouseError):
+    """The event store is unreachable, misconfigured or hides rows from the pipeline."""
+
+
+class TableNotFoundError(LakehouseError):
+    """The requested Delta table does not exist in the warehouse."""
+
+
+class BeforeHistoryError(LakehouseError):
+    """A time-travel read asked for a time before the table's first version."""
+
+
+class VersionNotFoundError(LakehouseError):
+    """A time-travel read asked for a version the table does not have (or no longer retains)."""
+
+
+class ConcurrentSyncError(LakehouseError):
+    """Another run advanced the cursor while this one was working; nothing was written."""

@@ -1,0 +1,252 @@
+"""JVM-free access to the Delta tables (deltalake): versions, commit times, cursors, time travel.
+
+Lake time is the Delta commit time. Tables are created with in-commit timestamps, so a commit's
+time is written inside the commit itself and survives copies and migrations of the files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from pipelines.errors import (
+    BeforeHistoryError,
+    LakehouseError,
+    TableNotFoundError,
+    VersionNotFoundError,
+)
+from pipelines.settings import Settings
+from pipelines.tables import storage_options, table_uri, valid_table_name
+
+
+@dataclass(frozen=True)
+class Commit:
+    version: int
+    timestamp: datetime  # UTC, from the in-commit timestamp where present
+    operation: str
+    rows_added: int | None
+    user_metadata: dict | None
+
+
+@dataclass(frozen=True)
+class PointInTime:
+    """A resolved time-travel request."""
+
+    version: int
+    commit_time: datetime
+    requested: str | None  # what the user typed, if a timestamp
+    requested_utc: datetime | None
+    zone_used: str | None  # the zone a naive timestamp was read in
+
+
+def open_table(settings: Settings, name: str, version: int | None = None):
+    """A deltalake DeltaTable, or TableNotFoundError / VersionNotFoundError with a clear message."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+    if not valid_table_name(name):
+        raise TableNotFoundError(f"{name!r} is not a table name (lower-case letters, digits, _)")
+    uri = table_uri(settings, name)
+    try:
+        table = DeltaTable(uri, storage_options=storage_options(settings) or None)
+    except DeltaTableNotFound:
+        raise TableNotFoundError(
+            f"table {name} does not exist in {settings.warehouse} (run a sync first)"
+        ) from None
+    except OSError as exc:
+        raise LakehouseError(f"warehouse {settings.warehouse} unreachable: {exc}") from None
+    except Exception as exc:  # deltalake wraps object-store failures in its own error types
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "not a Delta table" in message or "No files in log segment" in message:
+            raise TableNotFoundError(f"table {name} does not exist in {settings.warehouse}") from None
+        raise LakehouseError(f"cannot open table {name} in {settings.warehouse}: {message}") from None
+    if version is not None:
+        latest = table.version()
+        if version < 0 or version > latest:
+            raise VersionNotFoundError(
+                f"table {name} has no version {version} (versions 0 to {latest})"
+            )
+        try:
+            table.load_as_version(version)
+        except Exception as exc:
+            raise VersionNotFoundError(
+                f"table {name} version {version} cannot be read: {str(exc).splitlines()[0]} "
+                "(its log or files may be past the retention period)"
+            ) from None
+    return table
+
+
+def delta_version(settings: Settings, name: str) -> int | None:
+    try:
+        return open_table(settings, name).version()
+    except TableNotFoundError:
+        return None
+
+
+def transaction_version(settings: Settings, name: str, app_id: str) -> int | None:
+    """The idempotent-write version recorded for app_id in the table's log (a writer's cursor)."""
+    try:
+        table = open_table(settings, name)
+    except TableNotFoundError:
+        return None
+    return table.transaction_version(app_id)
+
+
+def _commit_time(info: dict) -> datetime:
+    millis = info.get("inCommitTimestamp") or info.get("timestamp")
+    return datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
+
+
+def _rows_added(info: dict) -> int | None:
+    metrics = info.get("operationMetrics") or {}
+    for key in ("numOutputRows", "numTargetRowsInserted", "num_added_rows"):
+        if key in metrics:
+            try:
+                return int(metrics[key])
+            except (TypeError, ValueError):
+                return None
+    return 0 if info.get("operation") in {"CREATE TABLE", "CREATE OR REPLACE TABLE"} else None
+
+
+def commits(settings: Settings, name: str) -> list[Commit]:
+    """Every commit still in the log, newest first."""
+    import json
+
+    table = open_table(settings, name)
+    result = []
+    for info in table.history():
+        raw_meta = info.get("userMetadata")
+        try:
+            meta = json.loads(raw_meta) if raw_meta else None
+        except ValueError:
+            meta = {"text": raw_meta}
+        result.append(
+            Commit(
+                version=int(info["version"]),
+                timestamp=_commit_time(info),
+                operation=str(info.get("operation", "")),
+                rows_added=_rows_added(info),
+                user_metadata=meta,
+            )
+        )
+    return sorted(result, key=lambda c: c.version, reverse=True)
+
+
+_OFFSET_RE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+
+
+def parse_timestamp(text: str, zone: str) -> tuple[datetime, str | None]:
+    """An ISO-8601 time to an aware UTC datetime.
+
+    A time with an offset (or Z) is honoured exactly; a naive one is read in `zone`.
+    Returns (utc_time, zone_used or None when the text carried its own offset).
+    """
+    raw = text.strip()
+    if not raw:
+        raise LakehouseError("empty timestamp")
+    candidate = raw.replace(" ", "T", 1) if "T" not in raw and " " in raw else raw
+    if candidate.endswith(("z", "Z")):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise LakehouseError(
+            f"cannot read {text!r} as a time: use ISO 8601, e.g. 2025-10-01T09:00:00+09:00"
+        ) from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC), zone
+    return parsed.astimezone(UTC), None
+
+
+def resolve(
+    settings: Settings,
+    name: str,
+    as_of: str | datetime | None = None,
+    version: int | None = None,
+) -> PointInTime:
+    """Which version of a table a read at `as_of` (lake time) or at `version` sees.
+
+    The version current at time T is the newest one committed at or before T. Asking for a time
+    before the first commit raises BeforeHistoryError, never a partial answer.
+    """
+    if as_of is not None and version is not None:
+        raise LakehouseError("give either a version or a time, not both")
+    history = commits(settings, name)
+    if not history:
+        raise TableNotFoundError(f"table {name} has no commits")
+    if version is not None:
+        match = next((c for c in history if c.version == version), None)
+        if match is None:
+            latest = history[0].version
+            oldest = history[-1].version
+            raise VersionNotFoundError(
+                f"table {name} has no version {version} in its log (versions {oldest} to {latest})"
+            )
+        return PointInTime(version, match.timestamp, None, None, None)
+    if as_of is None:
+        return PointInTime(history[0].version, history[0].timestamp, None, None, None)
+    if isinstance(as_of, datetime):
+        zone_used = None
+        if as_of.tzinfo is None:
+            as_of, zone_used = as_of.replace(tzinfo=ZoneInfo(settings.timezone)), settings.timezone
+        requested_utc, text = as_of.astimezone(UTC), as_of.isoformat()
+    else:
+        requested_utc, zone_used = parse_timestamp(as_of, settings.timezone)
+        text = as_of
+    for commit in history:  # newest first
+        if commit.timestamp <= requested_utc:
+            return PointInTime(commit.version, commit.timestamp, text, requested_utc, zone_used)
+    first = history[-1]
+    read_in = f" (read in {zone_used})" if zone_used else ""
+    raise BeforeHistoryError(
+        f"{text}{read_in} = {requested_utc.isoformat()} is before the history of {name}: "
+        f"its first retained version {first.version} was committed at "
+        f"{first.timestamp.isoformat()}"
+    )
+
+
+def list_tables(settings: Settings) -> list[str]:
+    """Names of the Delta tables under the warehouse root."""
+    from pipelines.tables import local_table_names
+
+    if not settings.on_s3:
+        return local_table_names(settings)
+    import boto3
+
+    bucket, _, prefix = settings.warehouse[len("s3a://") :].partition("/")
+    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint or None,
+        region_name=settings.s3_region,
+        config=_boto_config(settings),
+    )
+    names = []
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"
+        )
+        for page in pages:
+            for entry in page.get("CommonPrefixes", []):
+                name = entry["Prefix"][len(prefix) :].rstrip("/")
+                if valid_table_name(name):
+                    names.append(name)
+    except Exception as exc:
+        raise LakehouseError(f"warehouse {settings.warehouse} unreachable: {exc}") from None
+    return sorted(n for n in names if _is_delta(client, bucket, f"{prefix}{n}/_delta_log/"))
+
+
+def _boto_config(settings: Settings):
+    from botocore.config import Config
+
+    return Config(
+        s3={"addressing_style": "path" if settings.s3_path_style_access else "auto"},
+        connect_timeout=5,
+        retries={"max_attempts": 2},
+    )
+
+
+def _is_delta(client, bucket: str, log_prefix: str) -> bool:
+    return client.list_objects_v2(Bucket=bucket, Prefix=log_prefix, MaxKeys=1).get("KeyCount", 0) > 0

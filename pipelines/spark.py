@@ -1,0 +1,88 @@
+"""The one place that builds a SparkSession: Delta, S3A and the session time zone, from settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pipelines.errors import ConfigError
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JAR_SUMS_FILE = "jars.sha256"
+
+
+def jar_paths(settings: Settings) -> list[str]:
+    """The cached jars Spark needs; fails with the fix when set-up has not fetched them."""
+    from pipelines.settings import DEFAULT_CONF_DIR
+
+    names = [
+        line.split()[1]
+        for line in (DEFAULT_CONF_DIR / JAR_SUMS_FILE).read_text().splitlines()
+        if line.strip()
+    ]
+    missing = [n for n in names if not (settings.jar_dir / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"jars missing from {settings.jar_dir}: {', '.join(missing)}; "
+            "run scripts/fetch_jars.sh (make setup does) once"
+        )
+    return [str(settings.jar_dir / n) for n in names]
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """Every Spark setting the session gets; credentials are not among them (see s3a below)."""
+    conf = {
+        "spark.jars": ",".join(jar_paths(settings)),
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Schema evolution for the current-state MERGE (new snapshot fields become columns).
+        "spark.databricks.delta.schema.autoMerge.enabled": "true",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if settings.on_s3:
+        # Credentials: s3a's default chain reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and
+        # instance roles), so keys never enter Spark's configuration or its logs.
+        conf.update(
+            {
+                "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+                "spark.hadoop.fs.s3a.path.style.access": str(settings.s3_path_style_access).lower(),
+                "spark.hadoop.fs.s3a.endpoint.region": settings.s3_region,
+            }
+        )
+        if settings.s3_endpoint:
+            conf["spark.hadoop.fs.s3a.endpoint"] = settings.s3_endpoint
+            conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+                settings.s3_endpoint.startswith("https://")
+            ).lower()
+    conf.update(settings.spark_conf)
+    return conf
+
+
+def get_spark(settings: Settings, app_name: str = "lakehouse"):
+    """The process's SparkSession with Delta configured; created once, then reused.
+
+    Never stopped by the library while a DataFrame may still be in use: jobs/ stop it at the end.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None and not active.sparkContext._jsc.sc().isStopped():
+        extensions = active.conf.get("spark.sql.extensions", "") or ""
+        if "DeltaSparkSessionExtension" not in extensions:
+            raise ConfigError("a SparkSession without Delta is already running in this process")
+        return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    log.info("starting Spark (%s)", settings.spark_master)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session

@@ -1,0 +1,90 @@
+"""Where tables live and what every Delta table carries: paths, properties, names.
+
+A table's path is derived: warehouse root + table name. The same name is the Dagster asset key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pipelines.settings import Settings
+
+RAW_EVENTS = "raw_events"
+CURRENT_SUFFIX = "_current"
+# Delta idempotent-write application ids: the cursor of each writer lives in the Delta log.
+SYNC_APP_ID_PREFIX = "lakehouse-sync:"
+CURRENT_APP_ID = "lakehouse-current"
+
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def snake_case(name: str) -> str:
+    """PatientRegistered -> patient_registered; medication-guidance -> medication_guidance."""
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name.strip())
+    text = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", text)
+    text = re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
+    return text or "unnamed"
+
+
+def current_table_name(kind: str) -> str:
+    return snake_case(kind) + CURRENT_SUFFIX
+
+
+def sync_app_id(settings: Settings) -> str:
+    return SYNC_APP_ID_PREFIX + settings.source_name
+
+
+def valid_table_name(name: str) -> bool:
+    return bool(_TABLE_NAME.match(name))
+
+
+def table_path(settings: Settings, name: str) -> str:
+    """The Delta path Spark uses (a local directory or s3a://...)."""
+    return f"{settings.warehouse}/{name}"
+
+
+def table_uri(settings: Settings, name: str) -> str:
+    """The same table as the JVM-free reader (deltalake) addresses it: s3:// instead of s3a://."""
+    path = table_path(settings, name)
+    return "s3://" + path[len("s3a://") :] if path.startswith("s3a://") else path
+
+
+def storage_options(settings: Settings) -> dict[str, str]:
+    """deltalake storage options; keys come from the AWS variables in the environment."""
+    if not settings.on_s3:
+        return {}
+    options = {"AWS_REGION": settings.s3_region}
+    if settings.s3_endpoint:
+        options["AWS_ENDPOINT_URL"] = settings.s3_endpoint
+        if settings.s3_endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if settings.s3_path_style_access:
+        options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
+    return options
+
+
+def table_properties(settings: Settings, append_only: bool) -> dict[str, str]:
+    """Properties every table is created with: the retention policy and in-commit timestamps.
+
+    In-commit timestamps make time travel independent of file modification times (which a copy
+    or a migration rewrites). Log and deleted-file retention follow the one retention policy.
+    """
+    days = settings.retention_days
+    properties = {
+        "delta.enableInCommitTimestamps": "true",
+        "delta.logRetentionDuration": f"interval {days} days",
+        "delta.deletedFileRetentionDuration": f"interval {days} days",
+        "delta.enableChangeDataFeed": "true",
+    }
+    if append_only:
+        properties["delta.appendOnly"] = "true"
+    return properties
+
+
+def local_table_names(settings: Settings) -> list[str]:
+    """Delta tables under a local warehouse directory."""
+    root = Path(settings.warehouse)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
