@@ -108,8 +108,15 @@ def cmd_read(args, settings) -> int:
 
     result = read_table(settings, args.table, as_of=args.as_of, version=args.version,
                         limit=args.limit, where=parse_where(args.where))
+    rows = result.rows
+    if args.columns:
+        wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in rows.column_names]
+        if unknown:
+            raise LakehouseError(f"{args.table} has no column {', '.join(unknown)}")
+        rows = rows.select(wanted)
     print(result.describe(), file=sys.stderr if args.format != "table" else sys.stdout)
-    _print_rows(result.rows.to_pylist(), args.format, result.rows.column_names)
+    _print_rows(rows.to_pylist(), args.format, rows.column_names)
     return 0
 
 
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
     read.add_argument("--where", action="append", metavar="COLUMN=VALUE",
                       help="keep rows whose column equals the value (repeatable)")
+    read.add_argument("--columns", help="comma-separated columns to show (default all)")
     read.add_argument("--format", choices=["table", "json", "csv"], default="table")
     read.set_defaults(func=cmd_read)
 

@@ -75,7 +75,7 @@ def read_table(
     for column, value in where or []:
         if column not in dataset.schema.names:
             raise LakehouseError(f"{table} has no column {column!r} (columns: {', '.join(dataset.schema.names)})")
-        term = pc.cast(pc.field(column), pa.string()) == pa.scalar(value)
+        term = pc.field(column).cast(pa.string()) == pa.scalar(value)
         expression = term if expression is None else expression & term
     rows = dataset.to_table(filter=expression) if expression is not None else None
     if rows is None:
