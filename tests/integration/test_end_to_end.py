@@ -1,0 +1,124 @@
+"""Event store -> Dagster -> Delta, on a local warehouse and on S3 (moto over s3a).
+
+The lake must equal the store exactly: the same event_id set in raw_events, and for every
+aggregate the current table holds the latest snapshot (computed independently, in PostgreSQL).
+"""
+
+import json
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from dagster import DagsterInstance, materialize
+
+from dagster_project.assets import build_current_asset, raw_events
+from dagster_project.resources import PostgresResource, SparkResource, WarehouseResource
+from pipelines import lake
+from pipelines.eventstore.generate import generate_events
+from pipelines.read import read_table
+from pipelines.tables import RAW_EVENTS, current_table_name
+from tests.conftest import make_settings
+
+LATEST_SNAPSHOTS = """
+    SELECT DISTINCT ON (tenant_id, aggregate_id)
+           aggregate_kind, tenant_id::text, aggregate_id::text, event_id::text, event_name,
+           aggregate_snapshot
+    FROM eventstore.events
+    ORDER BY tenant_id, aggregate_id, event_at DESC, tx_id DESC, event_id DESC
+"""
+
+
+def store_event_ids(store) -> list[str]:
+    with psycopg.connect(store.admin_dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT event_id::text FROM eventstore.events")]
+
+
+def run_dagster(settings, store, warehouse: str, profile: str):
+    resources = {
+        "spark": SparkResource(
+            postgres=PostgresResource(dsn=store.dsn),
+            warehouse=WarehouseResource(root=warehouse, profile=profile),
+        )
+    }
+    result = materialize(
+        [raw_events, build_current_asset(settings)],
+        resources=resources,
+        instance=DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    return result
+
+
+def assert_lake_equals_store(settings, store) -> None:
+    expected_ids = store_event_ids(store)
+    raw = read_table(settings, RAW_EVENTS, limit=None).rows
+    lake_ids = raw.column("event_id").to_pylist()
+    assert len(lake_ids) == len(expected_ids), "raw_events holds a different number of events"
+    assert sorted(lake_ids) == sorted(expected_ids)
+
+    with psycopg.connect(store.admin_dsn) as conn:
+        latest = conn.execute(LATEST_SNAPSHOTS).fetchall()
+    by_kind: dict[str, dict] = {}
+    for kind, tenant, aggregate, event_id, event_name, snapshot in latest:
+        by_kind.setdefault(kind, {})[(tenant, aggregate)] = (event_id, event_name, snapshot)
+    assert set(by_kind) == {"Patient", "Prescription", "Dispensing", "MedicationGuidance"}
+    for kind, expected in by_kind.items():
+        current = read_table(settings, current_table_name(kind), limit=None).rows.to_pylist()
+        assert len(current) == len(expected), f"{kind}: one row per aggregate"
+        for row in current:
+            event_id, event_name, snapshot = expected[(row["tenant_id"], row["aggregate_id"])]
+            assert row["event_id"] == event_id
+            assert row["event_name"] == event_name
+            assert json.loads(row["aggregate_snapshot"]) == snapshot
+            assert row["version"] == snapshot["version"]
+            assert row["status"] == snapshot["status"]
+            assert row["is_deleted"] == event_name.endswith("Deleted")
+            if kind == "Patient":
+                assert row["name_family"] == snapshot["name"]["family"]
+                assert row["address_prefecture"] == snapshot["address"]["prefecture"]
+                assert row["address_line1"] == snapshot["address"]["line1"]
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_generate_materialize_and_time_travel(kind, new_store, spark, request):
+    warehouse = request.getfixturevalue(f"{kind}_warehouse")
+    profile = "s3" if kind == "s3" else "local"
+    store = new_store()
+    settings = make_settings(store, warehouse, profile=profile)
+    generate_events(store.admin_dsn, 1500, tenants=3, seed=21)
+
+    first = run_dagster(settings, store, warehouse, profile)
+    raw_meta = first.asset_materializations_for_node("raw_events")[0].metadata
+    assert raw_meta["rows_added"].value == 1500
+    assert raw_meta["cursor_after"].value > raw_meta["cursor_before"].value == 0
+    assert_lake_equals_store(settings, store)
+    after_first = datetime.now(UTC)
+    first_version = lake.delta_version(settings, RAW_EVENTS)
+
+    generate_events(store.admin_dsn, 400, tenants=3, seed=22, days=20)
+    second = run_dagster(settings, store, warehouse, profile)
+    assert second.asset_materializations_for_node("raw_events")[0].metadata["rows_added"].value == 400
+    assert_lake_equals_store(settings, store)
+
+    # A run with nothing new adds nothing and writes no version.
+    version_before = lake.delta_version(settings, RAW_EVENTS)
+    third = run_dagster(settings, store, warehouse, profile)
+    assert third.asset_materializations_for_node("raw_events")[0].metadata["rows_added"].value == 0
+    assert lake.delta_version(settings, RAW_EVENTS) == version_before
+    assert_lake_equals_store(settings, store)
+
+    # Time travel: as of the end of the first run the lake held the first 1500 events.
+    then = read_table(settings, RAW_EVENTS, as_of=after_first.isoformat(), limit=None)
+    assert then.point.version == first_version
+    assert then.total_rows == 1500
+    assert read_table(settings, RAW_EVENTS, version=first_version, limit=None).total_rows == 1500
+    assert read_table(settings, RAW_EVENTS, limit=None).total_rows == 1900
+
+    # Tables carry the retention policy and in-commit timestamps.
+    properties = lake.open_table(settings, RAW_EVENTS).metadata().configuration
+    assert properties["delta.enableInCommitTimestamps"] == "true"
+    assert properties["delta.logRetentionDuration"] == "interval 1825 days"
+    assert properties["delta.deletedFileRetentionDuration"] == "interval 1825 days"
+    assert properties["delta.appendOnly"] == "true"
+    current_properties = lake.open_table(settings, "patient_current").metadata().configuration
+    assert current_properties["delta.logRetentionDuration"] == "interval 1825 days"
