@@ -1,6 +1,5 @@
 """Assets: raw_events (bronze) and one <kind>_current table per configured aggregate kind."""
 
-
 from dagster import (
     AssetExecutionContext,
     AssetKey,

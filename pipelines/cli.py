@@ -30,8 +30,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cell(value: Any, width: int = 48) -> str:
-    text = json.dumps(_jsonable(value), ensure_ascii=False) if isinstance(value, (dict, list)) else (
-        "" if value is None else str(_jsonable(value))
+    text = (
+        json.dumps(_jsonable(value), ensure_ascii=False)
+        if isinstance(value, (dict, list))
+        else ("" if value is None else str(_jsonable(value)))
     )
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -71,8 +73,13 @@ def cmd_eventstore_generate(args, settings) -> int:
 
         start, _ = parse_timestamp(args.start, settings.timezone)
     result = generate_events(
-        settings.pg_admin_dsn, args.events, tenants=args.tenants, seed=args.seed,
-        start=start, days=args.days, progress=progress,
+        settings.pg_admin_dsn,
+        args.events,
+        tenants=args.tenants,
+        seed=args.seed,
+        start=start,
+        days=args.days,
+        progress=progress,
     )
     print(file=sys.stderr)
     span = ""
@@ -95,19 +102,24 @@ def cmd_sync(args, settings) -> int:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
         raw = result.raw
-        print(f"raw_events: +{raw.rows_added} rows, version {raw.delta_version}, "
-              f"cursor {raw.cursor_before} -> {raw.cursor_after}, pending {raw.pending_events}")
+        print(
+            f"raw_events: +{raw.rows_added} rows, version {raw.delta_version}, "
+            f"cursor {raw.cursor_before} -> {raw.cursor_after}, pending {raw.pending_events}"
+        )
         for current in result.current:
-            print(f"{current.table}: {current.aggregates_changed} aggregates changed "
-                  f"from {current.events_read} events, version {current.delta_version}")
+            print(
+                f"{current.table}: {current.aggregates_changed} aggregates changed "
+                f"from {current.events_read} events, version {current.delta_version}"
+            )
     return 0
 
 
 def cmd_read(args, settings) -> int:
     from pipelines.read import parse_where, read_table
 
-    result = read_table(settings, args.table, as_of=args.as_of, version=args.version,
-                        limit=args.limit, where=parse_where(args.where))
+    result = read_table(
+        settings, args.table, as_of=args.as_of, version=args.version, limit=args.limit, where=parse_where(args.where)
+    )
     rows = result.rows
     if args.columns:
         wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
@@ -156,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lakehouse",
         description="PostgreSQL event store -> Delta Lake: set-up, sync, time travel, status.",
     )
-    parser.add_argument("--profile", help="configuration profile (conf/<profile>.toml); "
-                        "default LAKEHOUSE_PROFILE or local")
+    parser.add_argument(
+        "--profile", help="configuration profile (conf/<profile>.toml); default LAKEHOUSE_PROFILE or local"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -169,10 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--events", type=int, required=True, help="how many events")
     gen.add_argument("--tenants", type=int, default=5, help="how many pharmacies (default 5)")
     gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    gen.add_argument("--start", help="business time of the first event (default: 2025-01-01, "
-                     "or just after the store's latest event)")
-    gen.add_argument("--days", type=int, help="days of business time to spread the events over "
-                     "(default 540 on an empty store, else 30)")
+    gen.add_argument(
+        "--start", help="business time of the first event (default: 2025-01-01, or just after the store's latest event)"
+    )
+    gen.add_argument(
+        "--days",
+        type=int,
+        help="days of business time to spread the events over (default 540 on an empty store, else 30)",
+    )
     gen.set_defaults(func=cmd_eventstore_generate)
 
     sync = sub.add_parser("sync", help="sync raw_events and build the current tables (Spark)")
@@ -182,12 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     read = sub.add_parser("read", help="read a table now, at a version or as of a lake time")
     read.add_argument("table")
     when = read.add_mutually_exclusive_group()
-    when.add_argument("--as-of", help="lake time (Delta commit time); ISO 8601; naive times are "
-                      "read in the configured zone")
+    when.add_argument(
+        "--as-of", help="lake time (Delta commit time); ISO 8601; naive times are read in the configured zone"
+    )
     when.add_argument("--version", type=int, help="Delta version")
     read.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
-    read.add_argument("--where", action="append", metavar="COLUMN=VALUE",
-                      help="keep rows whose column equals the value (repeatable)")
+    read.add_argument(
+        "--where", action="append", metavar="COLUMN=VALUE", help="keep rows whose column equals the value (repeatable)"
+    )
     read.add_argument("--columns", help="comma-separated columns to show (default all)")
     read.add_argument("--format", choices=["table", "json", "csv"], default="table")
     read.set_defaults(func=cmd_read)

@@ -52,9 +52,7 @@ def open_table(settings: Settings, name: str, version: int | None = None):
     try:
         table = DeltaTable(uri, storage_options=storage_options(settings) or None)
     except DeltaTableNotFound:
-        raise TableNotFoundError(
-            f"table {name} does not exist in {settings.warehouse} (run a sync first)"
-        ) from None
+        raise TableNotFoundError(f"table {name} does not exist in {settings.warehouse} (run a sync first)") from None
     except OSError as exc:
         raise LakehouseError(f"warehouse {settings.warehouse} unreachable: {exc}") from None
     except Exception as exc:  # deltalake wraps object-store failures in its own error types
@@ -65,9 +63,7 @@ def open_table(settings: Settings, name: str, version: int | None = None):
     if version is not None:
         latest = table.version()
         if version < 0 or version > latest:
-            raise VersionNotFoundError(
-                f"table {name} has no version {version} (versions 0 to {latest})"
-            )
+            raise VersionNotFoundError(f"table {name} has no version {version} (versions 0 to {latest})")
         try:
             table.load_as_version(version)
         except Exception as exc:
@@ -152,9 +148,7 @@ def parse_timestamp(text: str, zone: str) -> tuple[datetime, str | None]:
     try:
         parsed = datetime.fromisoformat(candidate)
     except ValueError:
-        raise LakehouseError(
-            f"cannot read {text!r} as a time: use ISO 8601, e.g. 2025-10-01T09:00:00+09:00"
-        ) from None
+        raise LakehouseError(f"cannot read {text!r} as a time: use ISO 8601, e.g. 2025-10-01T09:00:00+09:00") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC), zone
     return parsed.astimezone(UTC), None
@@ -225,9 +219,7 @@ def list_tables(settings: Settings) -> list[str]:
     )
     names = []
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, Delimiter="/"
-        )
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
         for page in pages:
             for entry in page.get("CommonPrefixes", []):
                 name = entry["Prefix"][len(prefix) :].rstrip("/")

@@ -62,9 +62,7 @@ class SyncResult:
 def ensure_raw_events(spark, settings: Settings) -> str:
     """Create raw_events (version 0, empty) if it does not exist; returns its path."""
     path = table_path(settings, RAW_EVENTS)
-    props = ", ".join(
-        f"'{k}' = '{v}'" for k, v in table_properties(settings, append_only=True).items()
-    )
+    props = ", ".join(f"'{k}' = '{v}'" for k, v in table_properties(settings, append_only=True).items())
     spark.sql(
         f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({RAW_EVENTS_DDL}) USING delta"
         f" PARTITIONED BY (event_month) TBLPROPERTIES ({props})"
@@ -94,31 +92,50 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
     cursor_before = read_cursor(settings)
     state = extract.read_source_state(settings)
     hi = state.horizon
+
+    def nothing_added(extract_seconds: float) -> SyncResult:
+        # The cursor stays where it is; an empty range is re-read next time through the tx_id
+        # index, which costs next to nothing.
+        return SyncResult(
+            RAW_EVENTS,
+            0,
+            delta_version(settings, RAW_EVENTS),
+            cursor_before,
+            cursor_before,
+            extract.count_pending(settings, cursor_before),
+            state.committed_events,
+            extract_seconds,
+            0.0,
+            run_id,
+        )
+
     if hi <= cursor_before:
-        pending = extract.count_pending(settings, cursor_before)
-        return SyncResult(RAW_EVENTS, 0, delta_version(settings, RAW_EVENTS), cursor_before,
-                          cursor_before, pending, state.committed_events, 0.0, 0.0, run_id)
+        return nothing_added(0.0)
 
     staging = Path(tempfile.mkdtemp(prefix=f"lakehouse-stage-{run_id[:8]}-"))
     try:
         staged = extract.stage_events(settings, cursor_before, hi, staging)
-        log.info("extracted %d events of transactions [%d, %d) in %.1fs",
-                 staged.rows, cursor_before, hi, staged.seconds)
+        log.info(
+            "extracted %d events of transactions [%d, %d) in %.1fs", staged.rows, cursor_before, hi, staged.seconds
+        )
         if staged.rows == 0:
-            # Nothing committed in the range: leave the cursor where it is (the range is
-            # re-read next time through the tx_id index, which costs next to nothing).
-            pending = extract.count_pending(settings, cursor_before)
-            return SyncResult(RAW_EVENTS, 0, delta_version(settings, RAW_EVENTS), cursor_before,
-                              cursor_before, pending, state.committed_events, staged.seconds,
-                              0.0, run_id)
+            return nothing_added(staged.seconds)
         write_started = time.monotonic()
         zone = settings.timezone
         frame = (
-            spark.read.schema(_staged_spark_schema()).parquet(str(staging))
+            spark.read.schema(_staged_spark_schema())
+            .parquet(str(staging))
             .select(
                 F.lit(settings.source_name).alias("source"),
-                "event_id", "tenant_id", "aggregate_kind", "aggregate_id", "event_name",
-                "event_payload", "aggregate_snapshot", "event_at", "tx_id",
+                "event_id",
+                "tenant_id",
+                "aggregate_kind",
+                "aggregate_id",
+                "event_name",
+                "event_payload",
+                "aggregate_snapshot",
+                "event_at",
+                "tx_id",
                 F.to_date(F.from_utc_timestamp("event_at", zone)).alias("event_date"),
                 F.date_format(F.from_utc_timestamp("event_at", zone), "yyyy-MM").alias("event_month"),
                 F.lit(run_id).alias("run_id"),
@@ -132,12 +149,18 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
                 "another sync advanced the raw_events cursor during this run; nothing was written"
             )
         metadata = json.dumps(
-            {"run_id": run_id, "source": settings.source_name, "cursor_before": cursor_before,
-             "cursor_after": hi, "rows": staged.rows},
+            {
+                "run_id": run_id,
+                "source": settings.source_name,
+                "cursor_before": cursor_before,
+                "cursor_after": hi,
+                "rows": staged.rows,
+            },
             separators=(",", ":"),
         )
         (
-            frame.write.format("delta").mode("append")
+            frame.write.format("delta")
+            .mode("append")
             .option("txnAppId", sync_app_id(settings))
             .option("txnVersion", hi)
             .option("userMetadata", metadata)
@@ -149,10 +172,19 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
 
     version = delta_version(settings, RAW_EVENTS)
     pending = extract.count_pending(settings, hi)
-    log.info("raw_events: %d rows added in version %s, cursor %d -> %d",
-             staged.rows, version, cursor_before, hi)
-    return SyncResult(RAW_EVENTS, staged.rows, version, cursor_before, hi, pending,
-                      state.committed_events, staged.seconds, write_seconds, run_id)
+    log.info("raw_events: %d rows added in version %s, cursor %d -> %d", staged.rows, version, cursor_before, hi)
+    return SyncResult(
+        RAW_EVENTS,
+        staged.rows,
+        version,
+        cursor_before,
+        hi,
+        pending,
+        state.committed_events,
+        staged.seconds,
+        write_seconds,
+        run_id,
+    )
 
 
 def _staged_spark_schema():

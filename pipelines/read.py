@@ -27,15 +27,10 @@ class ReadResult:
     def describe(self) -> str:
         """One line that says which version was read and which clock and zone were used."""
         text = (
-            f"{self.table} at version {self.point.version} "
-            f"(committed {self.point.commit_time.isoformat()}, lake time)"
+            f"{self.table} at version {self.point.version} (committed {self.point.commit_time.isoformat()}, lake time)"
         )
         if self.point.requested is not None:
-            zone = (
-                f"naive time read in {self.point.zone_used}"
-                if self.point.zone_used
-                else "offset given"
-            )
+            zone = f"naive time read in {self.point.zone_used}" if self.point.zone_used else "offset given"
             text += f"; as of {self.point.requested} = {self.point.requested_utc.isoformat()} ({zone})"
         return text + f"; {self.total_rows} rows match, {self.rows.num_rows} shown"
 
@@ -95,9 +90,7 @@ def table_history(settings: Settings, table: str) -> list[dict[str, Any]]:
             "committed_at": c.timestamp.isoformat(),
             "operation": c.operation,
             "rows_added": c.rows_added,
-            "cursor": (c.user_metadata or {}).get("cursor_after")
-            if c.user_metadata
-            else None,
+            "cursor": (c.user_metadata or {}).get("cursor_after") if c.user_metadata else None,
             "run_id": (c.user_metadata or {}).get("run_id"),
         }
         for c in lake.commits(settings, table)
@@ -133,9 +126,7 @@ def status(settings: Settings) -> dict[str, Any]:
         for name in names:
             table = lake.open_table(settings, name)
             app = sync_app_id(settings) if name == RAW_EVENTS else CURRENT_APP_ID
-            tables.append(
-                {"table": name, "version": table.version(), "cursor": table.transaction_version(app)}
-            )
+            tables.append({"table": name, "version": table.version(), "cursor": table.transaction_version(app)})
         if RAW_EVENTS in names:
             lake_events = _count_rows(settings, RAW_EVENTS)
             cursor = next(t["cursor"] for t in tables if t["table"] == RAW_EVENTS)

@@ -207,10 +207,7 @@ def load_settings(
     admin_dsn = str(raw.get("source", {}).get("admin_dsn", ""))
     for name, value in (("LAKEHOUSE_PG_DSN", dsn), ("LAKEHOUSE_PG_ADMIN_DSN", admin_dsn)):
         if value and not value.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(
-                f"{name} must be a URI such as postgresql://user@host:5432/db, "
-                f"not {mask_dsn(value)!r}"
-            )
+            raise ConfigError(f"{name} must be a URI such as postgresql://user@host:5432/db, not {mask_dsn(value)!r}")
 
     s3 = raw.get("s3", {})
     spark = raw.get("spark", {})

@@ -102,9 +102,7 @@ def _merge_with_cursor(spark, settings: Settings, path: str, source, raw_version
         )
         last = target.history(1).select("version", "operationMetrics").first()
         metrics = last["operationMetrics"] or {}
-        changed = int(metrics.get("numTargetRowsInserted", 0)) + int(
-            metrics.get("numTargetRowsUpdated", 0)
-        )
+        changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
         return changed, int(last["version"])
     finally:
         conf.unset("spark.databricks.delta.write.txnAppId")
@@ -163,10 +161,8 @@ def build_current(spark, settings: Settings) -> list[CurrentResult]:
             current = current_state_rows(rows, schema, settings.deleted_event_suffixes)
             _ensure_table(spark, settings, path, current.schema)
             changed, version = _merge_with_cursor(spark, settings, path, current, raw_version, kind)
-            log.info("%s: %d events, %d aggregates changed, version %s", name, events_read,
-                     changed, version)
-            results.append(CurrentResult(kind, name, events_read, changed, version, cursor,
-                                         raw_version))
+            log.info("%s: %d events, %d aggregates changed, version %s", name, events_read, changed, version)
+            results.append(CurrentResult(kind, name, events_read, changed, version, cursor, raw_version))
         return results
     finally:
         changes.unpersist()

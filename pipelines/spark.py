@@ -18,11 +18,7 @@ def jar_paths(settings: Settings) -> list[str]:
     """The cached jars Spark needs; fails with the fix when set-up has not fetched them."""
     from pipelines.settings import DEFAULT_CONF_DIR
 
-    names = [
-        line.split()[1]
-        for line in (DEFAULT_CONF_DIR / JAR_SUMS_FILE).read_text().splitlines()
-        if line.strip()
-    ]
+    names = [line.split()[1] for line in (DEFAULT_CONF_DIR / JAR_SUMS_FILE).read_text().splitlines() if line.strip()]
     missing = [n for n in names if not (settings.jar_dir / n).is_file()]
     if missing:
         raise ConfigError(
@@ -62,6 +58,13 @@ def spark_conf(settings: Settings) -> dict[str, str]:
                 settings.s3_endpoint.startswith("https://")
             ).lower()
     conf.update(settings.spark_conf)
+    # Quiet, readable JVM logging (conf/log4j2.properties) unless the caller set its own.
+    from pipelines.settings import DEFAULT_CONF_DIR
+
+    log4j = f"-Dlog4j.configurationFile={DEFAULT_CONF_DIR / 'log4j2.properties'}"
+    java_options = conf.get("spark.driver.extraJavaOptions", "")
+    if "log4j.configurationFile" not in java_options:
+        conf["spark.driver.extraJavaOptions"] = f"{java_options} {log4j}".strip()
     return conf
 
 

@@ -36,11 +36,7 @@ def event_order() -> list[Column]:
 def latest_per_aggregate(events: DataFrame) -> DataFrame:
     """One row per (tenant_id, aggregate_id): its newest event by event_order()."""
     window = Window.partitionBy("tenant_id", "aggregate_id").orderBy(*event_order())
-    return (
-        events.withColumn("_rank", F.row_number().over(window))
-        .where(F.col("_rank") == 1)
-        .drop("_rank")
-    )
+    return events.withColumn("_rank", F.row_number().over(window)).where(F.col("_rank") == 1).drop("_rank")
 
 
 def with_deleted_flag(events: DataFrame, deleted_suffixes: Iterable[str]) -> DataFrame:
@@ -82,14 +78,9 @@ def with_snapshot_columns(events: DataFrame, snapshot_schema: StructType) -> Dat
     return parsed.select(*columns)
 
 
-def current_state_rows(
-    events: DataFrame, snapshot_schema: StructType, deleted_suffixes: Iterable[str]
-) -> DataFrame:
+def current_state_rows(events: DataFrame, snapshot_schema: StructType, deleted_suffixes: Iterable[str]) -> DataFrame:
     """Events of one kind -> the latest state per aggregate, with typed snapshot columns."""
-    base = events.select(
-        "tenant_id", "aggregate_id", "aggregate_kind", "event_id", "event_name", "event_at",
-        "tx_id", "aggregate_snapshot",
-    )
+    base = events.select(*(c for c in CURRENT_SYSTEM_COLUMNS if c != "is_deleted"))
     return (
         base.transform(latest_per_aggregate)
         .transform(lambda df: with_deleted_flag(df, deleted_suffixes))
@@ -115,8 +106,6 @@ def aligned_to(frame: DataFrame, target_schema: StructType) -> DataFrame:
         else:
             columns.append(F.col(name))
     columns += [
-        F.lit(None).cast(data_type).alias(name)
-        for name, data_type in target_types.items()
-        if name not in frame.columns
+        F.lit(None).cast(data_type).alias(name) for name, data_type in target_types.items() if name not in frame.columns
     ]
     return frame.select(*columns)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-COLUMNS = "aggregate_id,name_family,name_given,address_prefecture,address_city,address_line1,version,event_name,event_at"
+COLUMNS = (
+    "aggregate_id,name_family,name_given,address_prefecture,address_city,address_line1,version,event_name,event_at"
+)
 
 
 def step(title: str) -> None:
@@ -24,8 +26,7 @@ def step(title: str) -> None:
 
 
 def run(*args: str, capture: bool = False) -> str:
-    completed = subprocess.run(args, cwd=PROJECT, check=True, text=True,
-                               stdout=subprocess.PIPE if capture else None)
+    completed = subprocess.run(args, cwd=PROJECT, check=True, text=True, stdout=subprocess.PIPE if capture else None)
     return completed.stdout if capture else ""
 
 
@@ -37,7 +38,11 @@ def materialize() -> None:
     started = time.monotonic()
     subprocess.run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "dagster_project", "--select", "*"],
-        cwd=PROJECT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=PROJECT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     print(f"materialized every asset in {time.monotonic() - started:.0f}s", flush=True)
 
@@ -58,18 +63,27 @@ def main() -> int:
     time.sleep(1.1)
 
     step("event store: 2000 more events (address changes, new prescriptions, ...)")
-    lakehouse("eventstore", "generate", "--events", "2000", "--tenants", "5", "--seed", "43",
-              "--days", "30")
+    lakehouse("eventstore", "generate", "--events", "2000", "--tenants", "5", "--seed", "43", "--days", "30")
 
     step("Dagster: materialize again (run 2, incremental)")
     materialize()
 
     # A patient whose address changed in the second batch: the lake shows both states.
-    changed = json.loads(lakehouse(
-        "read", "raw_events", "--where", "event_name=PatientAddressChanged",
-        "--limit", "100000", "--format", "json", "--columns", "aggregate_id,event_at",
-        capture=True,
-    ))
+    changed = json.loads(
+        lakehouse(
+            "read",
+            "raw_events",
+            "--where",
+            "event_name=PatientAddressChanged",
+            "--limit",
+            "100000",
+            "--format",
+            "json",
+            "--columns",
+            "aggregate_id,event_at",
+            capture=True,
+        )
+    )
     newest = max(changed, key=lambda row: row["event_at"]) if changed else None
     as_of = first_run_done.isoformat()
 
@@ -82,8 +96,13 @@ def main() -> int:
 
     step("raw_events now and as of run 1 (row counts)")
     for extra in ([], ["--as-of", as_of]):
-        out = subprocess.run([str(BIN / "lakehouse"), "read", "raw_events", "--limit", "0", *extra],
-                             cwd=PROJECT, check=True, text=True, capture_output=True).stdout
+        out = subprocess.run(
+            [str(BIN / "lakehouse"), "read", "raw_events", "--limit", "0", *extra],
+            cwd=PROJECT,
+            check=True,
+            text=True,
+            capture_output=True,
+        ).stdout
         print(out.splitlines()[0])
 
     step("status")

@@ -30,38 +30,65 @@ log = logging.getLogger(__name__)
 TENANT_NAMESPACE = uuid.UUID("7d5c7e0a-4b8e-4f55-9d0a-2f8c3b1e6a10")
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC)
 COPY_COLUMNS = (
-    "event_id, tenant_id, aggregate_kind, aggregate_id, event_name, "
-    "event_payload, aggregate_snapshot, event_at"
+    "event_id, tenant_id, aggregate_kind, aggregate_id, event_name, event_payload, aggregate_snapshot, event_at"
 )
 ROWS_PER_TRANSACTION = 25_000
 
 FAMILY_NAMES = [
-    ("佐藤", "サトウ"), ("鈴木", "スズキ"), ("高橋", "タカハシ"), ("田中", "タナカ"),
-    ("伊藤", "イトウ"), ("渡辺", "ワタナベ"), ("山本", "ヤマモト"), ("中村", "ナカムラ"),
-    ("小林", "コバヤシ"), ("加藤", "カトウ"), ("吉田", "ヨシダ"), ("山田", "ヤマダ"),
+    ("佐藤", "サトウ"),
+    ("鈴木", "スズキ"),
+    ("高橋", "タカハシ"),
+    ("田中", "タナカ"),
+    ("伊藤", "イトウ"),
+    ("渡辺", "ワタナベ"),
+    ("山本", "ヤマモト"),
+    ("中村", "ナカムラ"),
+    ("小林", "コバヤシ"),
+    ("加藤", "カトウ"),
+    ("吉田", "ヨシダ"),
+    ("山田", "ヤマダ"),
 ]
 GIVEN_NAMES = [
-    ("花子", "ハナコ", "female"), ("太郎", "タロウ", "male"), ("美咲", "ミサキ", "female"),
-    ("翔太", "ショウタ", "male"), ("陽菜", "ヒナ", "female"), ("大翔", "ヒロト", "male"),
-    ("結衣", "ユイ", "female"), ("蓮", "レン", "male"), ("さくら", "サクラ", "female"),
+    ("花子", "ハナコ", "female"),
+    ("太郎", "タロウ", "male"),
+    ("美咲", "ミサキ", "female"),
+    ("翔太", "ショウタ", "male"),
+    ("陽菜", "ヒナ", "female"),
+    ("大翔", "ヒロト", "male"),
+    ("結衣", "ユイ", "female"),
+    ("蓮", "レン", "male"),
+    ("さくら", "サクラ", "female"),
     ("健一", "ケンイチ", "male"),
 ]
 ADDRESSES = [
-    ("100-0001", "東京都", "千代田区", "千代田"), ("150-0002", "東京都", "渋谷区", "渋谷"),
-    ("530-0001", "大阪府", "大阪市北区", "梅田"), ("460-0008", "愛知県", "名古屋市中区", "栄"),
-    ("060-0001", "北海道", "札幌市中央区", "北一条西"), ("812-0011", "福岡県", "福岡市博多区", "博多駅前"),
-    ("980-0021", "宮城県", "仙台市青葉区", "中央"), ("730-0011", "広島県", "広島市中区", "基町"),
-    ("220-0011", "神奈川県", "横浜市西区", "高島"), ("600-8216", "京都府", "京都市下京区", "東塩小路町"),
+    ("100-0001", "東京都", "千代田区", "千代田"),
+    ("150-0002", "東京都", "渋谷区", "渋谷"),
+    ("530-0001", "大阪府", "大阪市北区", "梅田"),
+    ("460-0008", "愛知県", "名古屋市中区", "栄"),
+    ("060-0001", "北海道", "札幌市中央区", "北一条西"),
+    ("812-0011", "福岡県", "福岡市博多区", "博多駅前"),
+    ("980-0021", "宮城県", "仙台市青葉区", "中央"),
+    ("730-0011", "広島県", "広島市中区", "基町"),
+    ("220-0011", "神奈川県", "横浜市西区", "高島"),
+    ("600-8216", "京都府", "京都市下京区", "東塩小路町"),
 ]
 MEDICINES = [
-    ("アムロジピン錠5mg", "2171022F1ZZZ", 1, "錠"), ("ロキソプロフェンNa錠60mg", "1149019F1ZZZ", 3, "錠"),
-    ("メトホルミン塩酸塩錠250mg", "3962002F1ZZZ", 2, "錠"), ("ランソプラゾールOD錠15mg", "2329023F1ZZZ", 1, "錠"),
-    ("アトルバスタチン錠10mg", "2189015F1ZZZ", 1, "錠"), ("カロナール錠200", "1141007F1ZZZ", 3, "錠"),
-    ("ムコダイン錠500mg", "2233002F1ZZZ", 3, "錠"), ("ヒルドイドソフト軟膏0.3%", "3339950M1ZZZ", 1, "g"),
+    ("アムロジピン錠5mg", "2171022F1ZZZ", 1, "錠"),
+    ("ロキソプロフェンNa錠60mg", "1149019F1ZZZ", 3, "錠"),
+    ("メトホルミン塩酸塩錠250mg", "3962002F1ZZZ", 2, "錠"),
+    ("ランソプラゾールOD錠15mg", "2329023F1ZZZ", 1, "錠"),
+    ("アトルバスタチン錠10mg", "2189015F1ZZZ", 1, "錠"),
+    ("カロナール錠200", "1141007F1ZZZ", 3, "錠"),
+    ("ムコダイン錠500mg", "2233002F1ZZZ", 3, "錠"),
+    ("ヒルドイドソフト軟膏0.3%", "3339950M1ZZZ", 1, "g"),
 ]
 ALLERGENS = ["ペニシリン", "セフェム系", "アスピリン", "卵", "乳", "ヨード造影剤"]
-INSURERS = [("06130017", "全国健康保険協会 東京支部"), ("31130011", "東京都国民健康保険"),
-            ("32270015", "大阪府後期高齢者医療広域連合"), ("06270012", "全国健康保険協会 大阪支部")]
+INSURERS = [
+    ("06130017", "全国健康保険協会 東京支部"),
+    ("31130011", "東京都国民健康保険"),
+    ("32270015", "大阪府後期高齢者医療広域連合"),
+    ("06270012", "全国健康保険協会 大阪支部"),
+]
 CLINICS = ["さくら内科クリニック", "みどり整形外科", "青葉小児科医院", "中央総合病院", "ひまわり皮膚科"]
 STAFF = [("薬剤師", "pharmacist"), ("調剤事務", "clerk"), ("管理薬剤師", "chief_pharmacist")]
 
@@ -150,8 +177,7 @@ class Workload:
             "line2": self.rng.choice(["", "", f"サンハイツ{self.rng.randint(101, 905)}号室"]),
         }
 
-    def event(self, tenant: Tenant, agg: Aggregate, name: str, at: datetime,
-              changes: dict[str, Any]) -> tuple:
+    def event(self, tenant: Tenant, agg: Aggregate, name: str, at: datetime, changes: dict[str, Any]) -> tuple:
         agg.state["version"] = agg.state.get("version", 0) + 1
         agg.state["updated_at"] = at.isoformat()
         agg.last_at = at
@@ -161,8 +187,7 @@ class Workload:
             "source": "pharmacy-app",
             "changes": changes,
         }
-        return (self.new_id(), tenant.tenant_id, agg.kind, agg.aggregate_id, name,
-                payload, agg.state, at)
+        return (self.new_id(), tenant.tenant_id, agg.kind, agg.aggregate_id, name, payload, agg.state, at)
 
     # -- actions -----------------------------------------------------------------------------
     def register_patient(self, tenant: Tenant, at: datetime) -> tuple:
@@ -176,9 +201,14 @@ class Workload:
             "sex": sex,
             "birth_date": birth.isoformat(),
             "address": self.address(),
-            "contact": {"phone": f"0{self.rng.randint(3, 9)}0-{self.rng.randint(1000, 9999)}-{self.rng.randint(1000, 9999)}"},
-            "insurance": {"insurer_number": insurer_no, "insurer_name": insurer,
-                          "copay_rate": self.rng.choice([0.1, 0.2, 0.3])},
+            "contact": {
+                "phone": f"0{self.rng.randint(3, 9)}0-{self.rng.randint(1000, 9999)}-{self.rng.randint(1000, 9999)}"
+            },
+            "insurance": {
+                "insurer_number": insurer_no,
+                "insurer_name": insurer,
+                "copay_rate": self.rng.choice([0.1, 0.2, 0.3]),
+            },
             "allergies": [],
             "status": "active",
         }
@@ -205,8 +235,11 @@ class Workload:
         if agg is None:
             return None
         insurer_no, insurer = INSURERS[self.rng.randrange(len(INSURERS))]
-        agg.state["insurance"] = {"insurer_number": insurer_no, "insurer_name": insurer,
-                                  "copay_rate": self.rng.choice([0.1, 0.2, 0.3])}
+        agg.state["insurance"] = {
+            "insurer_number": insurer_no,
+            "insurer_name": insurer,
+            "copay_rate": self.rng.choice([0.1, 0.2, 0.3]),
+        }
         return self.event(tenant, agg, "PatientInsuranceChanged", at, {"insurance": agg.state["insurance"]})
 
     def record_allergy(self, tenant: Tenant, at: datetime) -> tuple | None:
@@ -234,12 +267,10 @@ class Workload:
         for _ in range(self.rng.randint(1, 3)):
             name, code, per_day, unit = MEDICINES[self.rng.randrange(len(MEDICINES))]
             days = self.rng.choice([7, 14, 28, 30])
-            items.append({"drug_name": name, "drug_code": code, "dose_per_day": per_day,
-                          "unit": unit, "days": days})
+            items.append({"drug_name": name, "drug_code": code, "dose_per_day": per_day, "unit": unit, "days": days})
         state = {
             "patient_id": patient.aggregate_id,
-            "prescriber": {"clinic": self.rng.choice(CLINICS),
-                           "doctor": f"{self.rng.choice(FAMILY_NAMES)[0]}医師"},
+            "prescriber": {"clinic": self.rng.choice(CLINICS), "doctor": f"{self.rng.choice(FAMILY_NAMES)[0]}医師"},
             "issued_on": (at - timedelta(days=self.rng.randint(0, 3))).date().isoformat(),
             "items": items,
             "status": "received",
@@ -274,8 +305,10 @@ class Workload:
         state = {
             "prescription_id": prescription.aggregate_id,
             "patient_id": prescription.state["patient_id"],
-            "items": [{"drug_code": i["drug_code"], "quantity": i["dose_per_day"] * i["days"],
-                       "unit": i["unit"]} for i in prescription.state["items"]],
+            "items": [
+                {"drug_code": i["drug_code"], "quantity": i["dose_per_day"] * i["days"], "unit": i["unit"]}
+                for i in prescription.state["items"]
+            ],
             "status": "in_progress",
         }
         agg = Aggregate("Dispensing", self.new_id(), tenant.tenant_id, state, at)
@@ -398,9 +431,9 @@ def generate_events(
     if not admin_dsn:
         raise SourceError("eventstore generate needs LAKEHOUSE_PG_ADMIN_DSN")
     with connect(admin_dsn) as conn:
-        allowed = conn.execute(
-            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]
+        allowed = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()[
+            0
+        ]
         if not allowed:
             raise SourceError(
                 "eventstore generate writes with COPY, which PostgreSQL refuses under row-level "
@@ -416,11 +449,13 @@ def generate_events(
             for i in range(3):
                 family = FAMILY_NAMES[(tenant.number * 3 + i) % len(FAMILY_NAMES)][0]
                 title, role = STAFF[i % len(STAFF)]
-                tenant.staff.append({
-                    "user_id": str(uuid.uuid5(TENANT_NAMESPACE, f"staff-{tenant.number}-{i}")),
-                    "name": f"{title} {family}",
-                    "role": role,
-                })
+                tenant.staff.append(
+                    {
+                        "user_id": str(uuid.uuid5(TENANT_NAMESPACE, f"staff-{tenant.number}-{i}")),
+                        "name": f"{title} {family}",
+                        "role": role,
+                    }
+                )
         if start is None:
             start = last_at + timedelta(seconds=1) if last_at else DEFAULT_START
         if start.tzinfo is None:
@@ -439,16 +474,16 @@ def generate_events(
             batch = min(ROWS_PER_TRANSACTION, events - written)
             lines = []
             for i in range(batch):
-                at = start + step * (written + i) + timedelta(
-                    microseconds=rng.randrange(max(int(step.total_seconds() * 1e6), 1))
+                at = (
+                    start
+                    + step * (written + i)
+                    + timedelta(microseconds=rng.randrange(max(int(step.total_seconds() * 1e6), 1)))
                 )
                 row = workload.next_event(at)
                 lines.append("\t".join(_copy_field(v) for v in row))
             first_at = first_at or start
             with conn.transaction():
-                with conn.cursor().copy(
-                    f"COPY eventstore.events ({COPY_COLUMNS}) FROM STDIN"
-                ) as copy:
+                with conn.cursor().copy(f"COPY eventstore.events ({COPY_COLUMNS}) FROM STDIN") as copy:
                     copy.write("\n".join(lines) + "\n")
             conn.commit()
             written += batch

@@ -63,8 +63,11 @@ def test_status_json_counts_store_and_lake(synced):
 
 def test_status_masks_the_password(synced):
     store, warehouse, _ = synced
-    env = {**os.environ, "LAKEHOUSE_PG_DSN": store.dsn.replace("lakehouse_pipeline@", "lakehouse_pipeline:hunter2@"),
-           "LAKEHOUSE_WAREHOUSE": warehouse}
+    env = {
+        **os.environ,
+        "LAKEHOUSE_PG_DSN": store.dsn.replace("lakehouse_pipeline@", "lakehouse_pipeline:hunter2@"),
+        "LAKEHOUSE_WAREHOUSE": warehouse,
+    }
     done = subprocess.run([LAKEHOUSE, "status"], env=env, capture_output=True, text=True, timeout=120)
     assert "hunter2" not in done.stdout + done.stderr
     assert "lakehouse_pipeline:***@" in done.stdout
@@ -140,7 +143,9 @@ def test_time_zones_fc02(synced, spark, process_tz, configured_zone):
     spark.conf.set("spark.sql.session.timeZone", process_tz)
     try:
         explicit = midpoint.astimezone(timezone(timedelta(hours=-3, minutes=-30))).isoformat()
-        done = cli(synced, "read", "raw_events", "--as-of", explicit, "--limit", "0", zone=configured_zone, tz=process_tz)
+        done = cli(
+            synced, "read", "raw_events", "--as-of", explicit, "--limit", "0", zone=configured_zone, tz=process_tz
+        )
         assert done.returncode == 0, done.stderr
         assert "at version 1 " in done.stdout
         assert "offset given" in done.stdout

@@ -25,16 +25,21 @@ def filled_store(new_store):
 
 def test_init_is_idempotent(filled_store):
     assert init_eventstore(filled_store.admin_dsn) == []
-    versions = [r[0] for r in rows(filled_store.admin_dsn, "SELECT version FROM eventstore.schema_migrations ORDER BY 1")]
+    versions = [
+        r[0] for r in rows(filled_store.admin_dsn, "SELECT version FROM eventstore.schema_migrations ORDER BY 1")
+    ]
     assert versions == ["001_roles_and_schema", "002_events", "003_append_only", "004_row_level_security"]
 
 
 def test_table_is_partitioned_with_a_default_partition(filled_store):
-    parts = [r[0] for r in rows(
-        filled_store.admin_dsn,
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'eventstore.events'::regclass",
-    )]
+    parts = [
+        r[0]
+        for r in rows(
+            filled_store.admin_dsn,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'eventstore.events'::regclass",
+        )
+    ]
     assert "events_default" in parts
     assert "events_2025_01" in parts and "events_2026_06" in parts
     # the generator's events landed in monthly partitions, not in the default one
@@ -92,13 +97,20 @@ def test_pipeline_role_is_not_the_owner_and_sees_every_tenant(filled_store):
 
 def test_row_level_security_scopes_products_to_their_tenant(filled_store):
     tenant = tenant_id_for(2)
-    expected = rows(filled_store.admin_dsn, "SELECT count(*) FROM eventstore.events WHERE tenant_id = %s", (tenant,))[0][0]
+    expected = rows(filled_store.admin_dsn, "SELECT count(*) FROM eventstore.events WHERE tenant_id = %s", (tenant,))[
+        0
+    ][0]
     assert 0 < expected < 600
     setup = f"SET ROLE eventstore_app; SET app.current_tenant_id = '{tenant}'"
-    seen = rows(filled_store.admin_dsn, "SELECT DISTINCT tenant_id::text, count(*) OVER () FROM eventstore.events", setup=setup)
+    seen = rows(
+        filled_store.admin_dsn, "SELECT DISTINCT tenant_id::text, count(*) OVER () FROM eventstore.events", setup=setup
+    )
     assert seen == [(tenant, expected)]
     # without the tenant setting a product sees nothing
-    assert rows(filled_store.admin_dsn, "SELECT count(*) FROM eventstore.events", setup="SET ROLE eventstore_app")[0][0] == 0
+    assert (
+        rows(filled_store.admin_dsn, "SELECT count(*) FROM eventstore.events", setup="SET ROLE eventstore_app")[0][0]
+        == 0
+    )
     # and cannot write another tenant's row
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
         rows(
@@ -122,7 +134,9 @@ def test_each_row_records_its_writing_transaction(filled_store):
                 " gen_random_uuid(), 'X', '{}', '{}', now(), '1')",
                 (tenant_id_for(1),),
             )
-    indexed = rows(filled_store.admin_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'events' AND indexdef LIKE '%tx_id%'")
+    indexed = rows(
+        filled_store.admin_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'events' AND indexdef LIKE '%tx_id%'"
+    )
     assert indexed
 
 

@@ -64,8 +64,12 @@ def test_latest_per_aggregate_is_out_of_order_safe_and_deterministic(spark):
 
 def test_deleted_flag_follows_configured_suffixes(spark):
     events = spark.createDataFrame(
-        [("t1", "a", "e1", "PatientDeleted", t(9), 1), ("t1", "b", "e2", "PatientRegistered", t(9), 1),
-         ("t1", "c", "e3", "PrescriptionVoided", t(9), 1), ("t1", "d", "e4", None, t(9), 1)],
+        [
+            ("t1", "a", "e1", "PatientDeleted", t(9), 1),
+            ("t1", "b", "e2", "PatientRegistered", t(9), 1),
+            ("t1", "c", "e3", "PrescriptionVoided", t(9), 1),
+            ("t1", "d", "e4", None, t(9), 1),
+        ],
         EVENTS,
     )
     flagged = with_deleted_flag(events, ["Deleted", "Voided"]).select("aggregate_id", "is_deleted")

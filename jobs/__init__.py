@@ -1,0 +1,1 @@
+"""spark-submit entry points: parse arguments, load settings, call one library function."""
