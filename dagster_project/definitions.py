@@ -6,6 +6,7 @@ import os
 
 from dagster import (
     AssetSelection,
+    DefaultScheduleStatus,
     Definitions,
     EnvVar,
     ScheduleDefinition,
@@ -41,6 +42,8 @@ def build_definitions() -> Definitions:
                 job=sync_job,
                 cron_schedule=settings.sync_cron,
                 execution_timezone=settings.timezone,
+                # On from the start: `make ui` runs the daemon, so incremental syncs just happen.
+                default_status=DefaultScheduleStatus.RUNNING,
             )
         ],
         resources={
