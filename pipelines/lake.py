@@ -201,22 +201,64 @@ def resolve(
     )
 
 
+def _s3_client(settings: Settings):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint or None,
+        region_name=settings.s3_region,
+        config=_boto_config(settings),
+    )
+
+
+def _bucket_and_prefix(settings: Settings) -> tuple[str, str]:
+    bucket, _, prefix = settings.warehouse[len("s3a://") :].partition("/")
+    return bucket, (f"{prefix.rstrip('/')}/" if prefix else "")
+
+
+def check_warehouse(settings: Settings) -> None:
+    """Fail fast, with the setting to change, when an S3 warehouse cannot be reached.
+
+    Without it a misconfigured endpoint shows up minutes later as retries deep inside Spark.
+    A local warehouse needs no check: its directory is created on first write.
+    """
+    if not settings.on_s3:
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _ = _bucket_and_prefix(settings)
+    endpoint = settings.s3_endpoint or "AWS"
+    try:
+        _s3_client(settings).head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"404", "NoSuchBucket"}:
+            raise LakehouseError(f"bucket {bucket} does not exist at {endpoint}: create it first") from None
+        if code in {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            raise LakehouseError(
+                f"access to bucket {bucket} at {endpoint} denied ({code}): check AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY and the bucket policy"
+            ) from None
+        raise LakehouseError(f"bucket {bucket} at {endpoint}: {exc}") from None
+    except BotoCoreError as exc:
+        hint = ""
+        if not settings.s3_path_style_access:
+            hint = (
+                "; path-style addressing is off ([s3] path_style_access, LAKEHOUSE_S3_PATH_STYLE): "
+                "endpoints without DNS for bucket host names (MinIO, moto, loopback) need it on"
+            )
+        raise LakehouseError(f"S3 endpoint {endpoint} unreachable for bucket {bucket}: {exc}{hint}") from None
+
+
 def list_tables(settings: Settings) -> list[str]:
     """Names of the Delta tables under the warehouse root."""
     from pipelines.tables import local_table_names
 
     if not settings.on_s3:
         return local_table_names(settings)
-    import boto3
-
-    bucket, _, prefix = settings.warehouse[len("s3a://") :].partition("/")
-    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
-    client = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint or None,
-        region_name=settings.s3_region,
-        config=_boto_config(settings),
-    )
+    bucket, prefix = _bucket_and_prefix(settings)
+    client = _s3_client(settings)
     names = []
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
@@ -234,7 +276,7 @@ def _boto_config(settings: Settings):
     from botocore.config import Config
 
     return Config(
-        s3={"addressing_style": "path" if settings.s3_path_style_access else "auto"},
+        s3={"addressing_style": "path" if settings.s3_path_style_access else "virtual"},
         connect_timeout=5,
         retries={"max_attempts": 2},
     )

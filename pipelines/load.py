@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipelines import extract
 from pipelines.errors import ConcurrentSyncError
-from pipelines.lake import delta_version, transaction_version
+from pipelines.lake import check_warehouse, delta_version, transaction_version
 from pipelines.settings import Settings
 from pipelines.tables import RAW_EVENTS, sync_app_id, table_path, table_properties
 
@@ -88,6 +88,7 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
     from pyspark.sql import functions as F
 
     run_id = run_id or str(uuid.uuid4())
+    check_warehouse(settings)
     path = ensure_raw_events(spark, settings)
     cursor_before = read_cursor(settings)
     state = extract.read_source_state(settings)

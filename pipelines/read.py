@@ -121,6 +121,7 @@ def status(settings: Settings) -> dict[str, Any]:
     tables: list[dict[str, Any]] = []
     cursor = None
     try:
+        lake.check_warehouse(settings)
         names = lake.list_tables(settings)
         result["warehouse_reachable"] = True
         for name in names:

@@ -34,9 +34,13 @@ echo "jars: fetching into $jars (the AWS SDK bundle is about 690 MB; this happen
 tmp=$(mktemp -d "$jars/.fetch.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 # --strict-checksums: Maven refuses an artifact whose published checksum does not match.
-mvn -B -q -Dstyle.color=never --strict-checksums -f "$here/conf/jars.pom.xml" \
+if ! mvn -B -q -Dstyle.color=never --strict-checksums -f "$here/conf/jars.pom.xml" \
   org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
-  -DincludeScope=runtime -DoutputDirectory="$tmp"
+  -DincludeScope=runtime -DoutputDirectory="$tmp" >"$tmp/maven.log" 2>&1; then
+  cat "$tmp/maven.log" >&2
+  echo "jars: Maven could not fetch the jars (above); nothing was put in the cache" >&2
+  exit 1
+fi
 (cd "$tmp" && sha256sum --quiet --check "$sums") || {
   echo "jars: checksum mismatch against conf/jars.sha256; nothing was put in the cache" >&2
   exit 1
