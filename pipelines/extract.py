@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import SourceError
-from pipelines.eventstore import connect
+from pipelines.eventstore import connect, one_line
 from pipelines.settings import Settings, mask_dsn
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,7 @@ def stage_events(settings: Settings, lo: int, hi: int, directory: Path) -> Stage
     try:
         conn = adbc.connect(settings.pg_dsn)
     except Exception as exc:  # the driver raises its own error classes
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"PostgreSQL unreachable at {mask_dsn(settings.pg_dsn)}: {reason}") from None
+        raise SourceError(f"PostgreSQL unreachable at {mask_dsn(settings.pg_dsn)}: {one_line(exc)}") from None
     try:
         with conn.cursor() as cur:
             cur.execute(f"SET statement_timeout = {int(settings.statement_timeout_ms)}")

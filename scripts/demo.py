@@ -26,7 +26,8 @@ def step(title: str) -> None:
 
 
 def run(*args: str, capture: bool = False) -> str:
-    completed = subprocess.run(args, cwd=PROJECT, check=True, text=True, stdout=subprocess.PIPE if capture else None)
+    pipe = subprocess.PIPE if capture else None
+    completed = subprocess.run(args, cwd=PROJECT, check=True, text=True, stdout=pipe, stderr=pipe)
     return completed.stdout if capture else ""
 
 

@@ -39,8 +39,13 @@ def connect(dsn: str, **kwargs) -> psycopg.Connection:
     try:
         return psycopg.connect(dsn, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"PostgreSQL unreachable at {mask_dsn(dsn)}: {reason}") from None
+        raise SourceError(f"PostgreSQL unreachable at {mask_dsn(dsn)}: {one_line(exc)}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's multi-line error message as one line."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
 
 
 def init_eventstore(admin_dsn: str) -> list[str]:
