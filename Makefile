@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export LAKEHOUSE_PG_PORT ?= 55432
 export DAGSTER_HOME ?= $(CURDIR)/.local/dagster
-UI_PORT ?= 3000
+export UI_PORT ?= 3000
 
 # Without LAKEHOUSE_PG_DSN, the project's own local PostgreSQL is used (started on demand).
 ifeq ($(strip $(LAKEHOUSE_PG_DSN)),)
@@ -15,7 +15,7 @@ export LAKEHOUSE_PG_DSN := postgresql://lakehouse_pipeline@127.0.0.1:$(LAKEHOUSE
 export LAKEHOUSE_PG_ADMIN_DSN ?= postgresql://postgres@127.0.0.1:$(LAKEHOUSE_PG_PORT)/lakehouse
 endif
 
-.PHONY: help setup jars pg-start stop demo test ui lint clean
+.PHONY: help setup jars pg-start stop demo test stress ui lint clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ demo: setup ## event store -> Dagster -> Delta, twice, then a read now and as of
 test: setup ## the whole test suite (starts PostgreSQL and a moto S3 server itself)
 	scripts/pg.sh start
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+stress: setup ## the stress tests at full length (STRESS_ROUNDS=50 crash rounds); make test runs 3
+	scripts/pg.sh start
+	LAKEHOUSE_STRESS_ROUNDS=$(or $(STRESS_ROUNDS),50) $(BIN)/pytest -m stress $(PYTEST_ARGS)
 
 ui: setup ## Dagster UI and daemon on http://127.0.0.1:$(UI_PORT) (schedules tick)
 	$(if $(LOCAL_PG),scripts/pg.sh start)

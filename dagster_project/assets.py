@@ -1,17 +1,22 @@
 """Assets: raw_events (bronze) and one <kind>_current table per configured aggregate kind."""
 
 from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
     MaterializeResult,
     MetadataValue,
     asset,
+    asset_check,
     multi_asset,
 )
 
 from dagster_project.resources import SparkResource
-from pipelines.load import sync_raw_events
+from pipelines.load import guarantee, sync_raw_events
+from pipelines.reconcile import reconcile
 from pipelines.settings import Settings
 from pipelines.silver import build_current
 from pipelines.tables import RAW_EVENTS, current_table_name, table_path
@@ -28,9 +33,20 @@ def raw_events(context: AssetExecutionContext, spark: SparkResource) -> Material
         f"raw_events: +{result.rows_added} rows, version {result.delta_version}, "
         f"cursor {result.cursor_before} -> {result.cursor_after}"
     )
+    if result.duplicate_event_ids:
+        context.log.warning(
+            "the event store holds these event ids more than once; raw_events keeps one copy of each: "
+            + ", ".join(result.duplicate_event_ids)
+        )
     return MaterializeResult(
         metadata={
             "rows_added": result.rows_added,
+            "rows_read": result.rows_read,
+            "cursor_mode": result.cursor_mode,
+            "guarantee": guarantee(settings),
+            "oldest_open_write": result.oldest_open_write or "none",
+            "duplicate_event_ids": MetadataValue.json(result.duplicate_event_ids),
+            "default_partition_rows": result.default_partition_rows,
             "delta_version": result.delta_version,
             "cursor_before": result.cursor_before,
             "cursor_after": result.cursor_after,
@@ -40,6 +56,47 @@ def raw_events(context: AssetExecutionContext, spark: SparkResource) -> Material
             "write_seconds": round(result.write_seconds, 2),
             "table": MetadataValue.path(table_path(settings, RAW_EVENTS)),
         }
+    )
+
+
+@asset_check(
+    asset=RAW_EVENTS,
+    name="matches_event_store",
+    blocking=True,
+    description="Per day: events in PostgreSQL (up to the cursor) versus raw_events; lists missing and extra ids.",
+)
+def raw_events_matches_store(context: AssetCheckExecutionContext, spark: SparkResource) -> AssetCheckResult:
+    result = reconcile(spark.session(), spark.settings)
+    if not result.ok:
+        context.log.error(result.summary())
+    worst = result.mismatched_days[:10]
+    return AssetCheckResult(
+        passed=result.ok,
+        severity=AssetCheckSeverity.ERROR,
+        description=result.summary(),
+        metadata={
+            "raw_events_version": result.raw_version,
+            "days_checked": result.days_checked,
+            "store_events": result.store_events,
+            "lake_events": result.lake_events,
+            "mismatched_days": MetadataValue.json(
+                [
+                    {
+                        "day": d.day,
+                        "store_events": d.store_events,
+                        "lake_events": d.lake_events,
+                        "missing_ids": d.missing_ids,
+                        "extra_ids": d.extra_ids,
+                    }
+                    for d in worst
+                ]
+            ),
+            "lake_duplicate_ids": MetadataValue.json(result.lake_duplicate_ids),
+            "store_duplicate_ids": MetadataValue.json(result.store_duplicate_ids),
+            "repair": (
+                f"lakehouse repair --from {worst[0].day} --to {result.mismatched_days[-1].day}" if worst else "none"
+            ),
+        },
     )
 
 

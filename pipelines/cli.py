@@ -89,15 +89,47 @@ def cmd_eventstore_generate(args, settings) -> int:
     return 0
 
 
-def cmd_sync(args, settings) -> int:
+def _with_spark(settings, app_name: str, work):
+    """Run work(spark) in this process's SparkSession and stop it afterwards."""
     from pipelines.spark import get_spark
-    from pipelines.sync import run_sync
 
-    spark = get_spark(settings, "lakehouse-sync")
+    spark = get_spark(settings, app_name)
     try:
-        result = run_sync(spark, settings)
+        return work(spark)
     finally:
         spark.stop()
+
+
+def _at_least(minimum: int):
+    """An argparse type: a whole number not below minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
+_not_negative = _at_least(0)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def cmd_sync(args, settings) -> int:
+    from pipelines.sync import run_sync
+
+    result = _with_spark(settings, "lakehouse-sync", lambda spark: run_sync(spark, settings))
     if args.format == "json":
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
@@ -106,12 +138,68 @@ def cmd_sync(args, settings) -> int:
             f"raw_events: +{raw.rows_added} rows, version {raw.delta_version}, "
             f"cursor {raw.cursor_before} -> {raw.cursor_after}, pending {raw.pending_events}"
         )
+        if raw.oldest_open_write:
+            print(f"  oldest open write transaction began {raw.oldest_open_write} (newer events wait for it)")
+        if raw.duplicate_event_ids:
+            print(f"  WARNING: event ids held twice by the store, kept once: {', '.join(raw.duplicate_event_ids)}")
         for current in result.current:
             print(
                 f"{current.table}: {current.aggregates_changed} aggregates changed "
                 f"from {current.events_read} events, version {current.delta_version}"
             )
     return 0
+
+
+def cmd_repair(args, settings) -> int:
+    from pipelines.sync import run_repair
+
+    if args.to_day < args.from_day:
+        raise LakehouseError(f"--to {args.to_day} is before --from {args.from_day}")
+    result = _with_spark(
+        settings, "lakehouse-repair", lambda spark: run_repair(spark, settings, args.from_day, args.to_day)
+    )
+    if args.format == "json":
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        raw = result.raw
+        print(
+            f"repair {raw.first_day}..{raw.last_day}: read {raw.rows_read} events, "
+            f"{raw.rows_added} were missing and are now in raw_events (version {raw.delta_version})"
+        )
+        for current in result.current:
+            if current.events_read:
+                print(
+                    f"{current.table}: {current.aggregates_changed} aggregates changed, version {current.delta_version}"
+                )
+    return 0
+
+
+def cmd_reconcile(args, settings) -> int:
+    from pipelines.reconcile import reconcile
+
+    if (args.from_day is None) != (args.to_day is None):
+        raise LakehouseError("give both --from and --to, or neither")
+    result = _with_spark(
+        settings, "lakehouse-reconcile", lambda spark: reconcile(spark, settings, args.from_day, args.to_day)
+    )
+    if args.format == "json":
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        print(result.summary())
+        for diff in result.mismatched_days:
+            print(f"  {diff.day}: store {diff.store_events}, lake {diff.lake_events}")
+            if diff.missing_ids:
+                print(f"    missing: {', '.join(diff.missing_ids)}")
+            if diff.extra_ids:
+                print(f"    extra:   {', '.join(diff.extra_ids)}")
+        if result.lake_duplicate_ids:
+            print(f"  duplicated in raw_events: {', '.join(result.lake_duplicate_ids)}")
+        if result.store_duplicate_ids:
+            print(f"  held twice by the event store (kept once): {', '.join(result.store_duplicate_ids)}")
+        if result.mismatched_days:
+            days = result.mismatched_days
+            print(f"  to heal: lakehouse repair --from {days[0].day} --to {days[-1].day}")
+    return 0 if result.ok else 1
 
 
 def cmd_read(args, settings) -> int:
@@ -145,7 +233,7 @@ def cmd_status(args, settings) -> int:
     report = status(settings)
     if args.format == "json":
         print(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
-        return 0
+        return 0 if report["store_reachable"] and report["warehouse_reachable"] else 1
     print("settings:")
     for key, value in report["settings"].items():
         print(f"  {key:16} {value}")
@@ -157,10 +245,14 @@ def cmd_status(args, settings) -> int:
     print(f"lake_events:      {report['lake_events']}")
     print(f"cursor:           {report['cursor']}")
     print(f"pending_events:   {report['pending_events']}")
+    if report.get("oldest_open_write"):
+        print(f"oldest open write transaction began {report['oldest_open_write']} (the cursor waits for it)")
+    if report.get("default_partition_rows"):
+        print(f"WARNING: {report['default_partition_rows']} events sit in the default partition (create partitions)")
     if report["tables"]:
         print()
         _print_rows(report["tables"], "table")
-    return 0
+    return 0 if report["store_reachable"] and report["warehouse_reachable"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,15 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     init = store_sub.add_parser("init", help="apply the schema migrations (LAKEHOUSE_PG_ADMIN_DSN)")
     init.set_defaults(func=cmd_eventstore_init)
     gen = store_sub.add_parser("generate", help="write a pharmacy workload")
-    gen.add_argument("--events", type=int, required=True, help="how many events")
-    gen.add_argument("--tenants", type=int, default=5, help="how many pharmacies (default 5)")
+    gen.add_argument("--events", type=_not_negative, required=True, help="how many events")
+    gen.add_argument("--tenants", type=_positive, default=5, help="how many pharmacies (default 5)")
     gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     gen.add_argument(
         "--start", help="business time of the first event (default: 2025-01-01, or just after the store's latest event)"
     )
     gen.add_argument(
         "--days",
-        type=int,
+        type=_positive,
         help="days of business time to spread the events over (default 540 on an empty store, else 30)",
     )
     gen.set_defaults(func=cmd_eventstore_generate)
@@ -196,6 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--format", choices=["table", "json"], default="table")
     sync.set_defaults(func=cmd_sync)
 
+    repair = sub.add_parser(
+        "repair", help="re-read a range of days (configured zone) and add the events raw_events lacks (Spark)"
+    )
+    repair.add_argument("--from", dest="from_day", type=_day, required=True, help="first day, YYYY-MM-DD")
+    repair.add_argument("--to", dest="to_day", type=_day, required=True, help="last day, YYYY-MM-DD (inclusive)")
+    repair.add_argument("--format", choices=["table", "json"], default="table")
+    repair.set_defaults(func=cmd_repair)
+
+    rec = sub.add_parser(
+        "reconcile", help="compare raw_events with the event store day by day; exit 1 on a mismatch (Spark)"
+    )
+    rec.add_argument("--from", dest="from_day", type=_day, help="first day, YYYY-MM-DD (default: all days)")
+    rec.add_argument("--to", dest="to_day", type=_day, help="last day, YYYY-MM-DD (inclusive)")
+    rec.add_argument("--format", choices=["table", "json"], default="table")
+    rec.set_defaults(func=cmd_reconcile)
+
     read = sub.add_parser("read", help="read a table now, at a version or as of a lake time")
     read.add_argument("table")
     when = read.add_mutually_exclusive_group()
@@ -203,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", help="lake time (Delta commit time); ISO 8601; naive times are read in the configured zone"
     )
     when.add_argument("--version", type=int, help="Delta version")
-    read.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    read.add_argument("--limit", type=_not_negative, default=20, help="rows to show (default 20)")
     read.add_argument(
         "--where", action="append", metavar="COLUMN=VALUE", help="keep rows whose column equals the value (repeatable)"
     )
@@ -235,9 +343,21 @@ def run(argv: list[str] | None = None) -> int:
     except LakehouseError as exc:
         print(f"lakehouse: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _from_spark(exc) or args.verbose:
+            raise
+        # Spark's own errors carry pages of JVM frames; one line says what failed (-v shows all).
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        print(f"lakehouse: error: Spark failed: {first[:500]} (run with -v for the full trace)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lakehouse: interrupted", file=sys.stderr)
         return 130
+
+
+def _from_spark(exc: BaseException) -> bool:
+    module = type(exc).__module__ or ""
+    return module.startswith(("pyspark", "py4j", "delta"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -217,13 +217,25 @@ def _bucket_and_prefix(settings: Settings) -> tuple[str, str]:
     return bucket, (f"{prefix.rstrip('/')}/" if prefix else "")
 
 
-def check_warehouse(settings: Settings) -> None:
+def check_warehouse(settings: Settings, create: bool = True) -> None:
     """Fail fast, with the setting to change, when an S3 warehouse cannot be reached.
 
     Without it a misconfigured endpoint shows up minutes later as retries deep inside Spark.
-    A local warehouse needs no check: its directory is created on first write.
+    A local warehouse must be a writable directory (created here when missing).
     """
     if not settings.on_s3:
+        import os
+        from pathlib import Path
+
+        root = Path(settings.warehouse)
+        if not create and not root.exists():
+            raise LakehouseError(f"warehouse {root} does not exist (the first sync creates it)")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LakehouseError(f"warehouse {root} cannot be created: {exc.strerror}") from None
+        if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+            raise LakehouseError(f"warehouse {root} is not a writable directory (LAKEHOUSE_WAREHOUSE)")
         return
     from botocore.exceptions import BotoCoreError, ClientError
 

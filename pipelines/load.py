@@ -1,26 +1,34 @@
-"""Writing raw_events (bronze): every event once, appended, never rewritten.
+"""Writing raw_events (bronze): every committed event exactly once, never rewritten.
 
-The cursor advances in the same atomic Delta commit that adds the rows: the commit carries Delta's
-idempotent-write transaction (appId = lakehouse-sync:<source>, version = the cursor) and the same
-facts, readable by a person, in its userMetadata. The cursor is read back from the Delta log; no
-side file can disagree with the data.
+Incremental runs in transaction mode append, and the cursor advances in the same atomic Delta
+commit that adds the rows: the commit carries Delta's idempotent-write transaction
+(appId = lakehouse-sync:<source>, version = the cursor) and the same facts, readable by a person,
+in its userMetadata. The cursor is read back from the Delta log; no side file can disagree with
+the data. A crash before the commit leaves no trace; a crash after it leaves the cursor with the
+rows.
+
+Every re-read (a repair of a day range, and every run in lookback mode) is merged insert-only on
+(source, event_id) with the partition column in the merge condition, so running it twice changes
+nothing. An event id the store holds twice (its key includes event_at) is written once: the first
+copy the pipeline reads wins, the earliest event_at within one read; the run reports the ids.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from pipelines import extract
-from pipelines.errors import ConcurrentSyncError
-from pipelines.lake import check_warehouse, delta_version, transaction_version
+from pipelines.errors import ConcurrentSyncError, ConfigError
+from pipelines.lake import check_warehouse, commits, delta_version, transaction_version
 from pipelines.settings import Settings
+from pipelines.spark import commit_options, is_conflict, retry_on_conflict
 from pipelines.tables import RAW_EVENTS, sync_app_id, table_path, table_properties
 
 log = logging.getLogger(__name__)
@@ -35,25 +43,45 @@ RAW_EVENTS_DDL = """
     event_payload      STRING    NOT NULL,
     aggregate_snapshot STRING    NOT NULL,
     event_at           TIMESTAMP NOT NULL,
-    tx_id              BIGINT    NOT NULL,
+    tx_id              BIGINT,
     event_date         DATE      NOT NULL,
     event_month        STRING    NOT NULL,
     run_id             STRING    NOT NULL
 """
+REPORTED_IDS = 20
 
 
 @dataclass(frozen=True)
 class SyncResult:
     table: str
+    cursor_mode: str
+    rows_read: int
     rows_added: int
     delta_version: int | None
     cursor_before: int
     cursor_after: int
     pending_events: int
     store_events: int
+    oldest_open_write: str | None  # ISO time the oldest running write transaction began
     extract_seconds: float
     write_seconds: float
     run_id: str
+    duplicate_event_ids: list[str] = field(default_factory=list)
+    default_partition_rows: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    first_day: str
+    last_day: str
+    rows_read: int
+    rows_added: int
+    delta_version: int | None
+    run_id: str
+    duplicate_event_ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,77 +99,189 @@ def ensure_raw_events(spark, settings: Settings) -> str:
 
 
 def read_cursor(settings: Settings) -> int:
-    """The sync cursor from the Delta log of raw_events (0 before the first sync)."""
+    """The sync cursor from the Delta log of raw_events (0 before the first sync).
+
+    Transaction mode: every transaction id below it is in the lake. Lookback mode: the newest
+    event_at in the lake, in microseconds since the epoch.
+    """
     return transaction_version(settings, RAW_EVENTS, sync_app_id(settings)) or 0
 
 
+def _staged_frame(spark, settings: Settings, staging: Path, run_id: str):
+    from pyspark.sql import functions as F
+
+    zone = settings.timezone
+    return (
+        spark.read.schema(_staged_spark_schema())
+        .parquet(str(staging))
+        .select(
+            F.lit(settings.source_name).alias("source"),
+            "event_id",
+            "tenant_id",
+            "aggregate_kind",
+            "aggregate_id",
+            "event_name",
+            "event_payload",
+            "aggregate_snapshot",
+            "event_at",
+            "tx_id",
+            F.to_date(F.from_utc_timestamp("event_at", zone)).alias("event_date"),
+            F.date_format(F.from_utc_timestamp("event_at", zone), "yyyy-MM").alias("event_month"),
+            F.lit(run_id).alias("run_id"),
+        )
+    )
+
+
+def _without_duplicates(spark, settings: Settings, frame, staging: Path):
+    """Drop every copy of an event id that must not be written; returns (frame, duplicated ids).
+
+    Only ids the store holds more than once are looked at, so a run without duplicates pays one
+    indexed query. For those ids: if the lake holds a copy already, none is written; otherwise
+    the copy with the earliest event_at in this read is.
+    """
+    import pyarrow.parquet as pq
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ids = pq.read_table(staging, columns=["event_id"]).column("event_id").to_pylist()
+    duplicated = extract.duplicated_event_ids(settings, ids)
+    if not duplicated:
+        return frame, []
+    dup_ids = sorted(duplicated)
+    in_lake = {
+        r[0]
+        for r in spark.read.format("delta")
+        .load(table_path(settings, RAW_EVENTS))
+        .where(F.col("event_id").isin(dup_ids))
+        .select("event_id")
+        .distinct()
+        .collect()
+    }
+    log.warning(
+        "the event store holds %d event id(s) more than once (first: %s); one copy of each is kept",
+        len(dup_ids),
+        ", ".join(dup_ids[:5]),
+    )
+    first = Window.partitionBy("event_id").orderBy(F.col("event_at").asc(), F.col("tx_id").asc_nulls_last())
+    kept = (
+        frame.where(~F.col("event_id").isin(sorted(in_lake)) if in_lake else F.lit(True))
+        .withColumn("_copy", F.row_number().over(first))
+        .where("_copy = 1")
+        .drop("_copy")
+    )
+    return kept, dup_ids
+
+
+def _merge_insert_only(spark, settings: Settings, frame, app_id: str | None, cursor: int | None, metadata: dict):
+    """MERGE frame into raw_events, inserting only event ids the touched partitions lack.
+
+    The months present in frame are named in the condition, so only those partitions are read.
+    Conflicts with a concurrent writer are retried (the merge is idempotent). Returns
+    (rows inserted, new version or None when nothing was committed).
+    """
+    from delta.tables import DeltaTable
+
+    months = sorted(r[0] for r in frame.select("event_month").distinct().collect())
+    if not months:
+        return 0, None
+    month_list = ", ".join(f"'{m}'" for m in months)  # yyyy-MM strings made by Spark
+    condition = f"t.event_month IN ({month_list}) AND t.source = s.source AND t.event_id = s.event_id"
+    path = table_path(settings, RAW_EVENTS)
+    frame = frame.localCheckpoint()  # one evaluation, even when a conflict makes us retry
+
+    def merge() -> None:
+        target = DeltaTable.forPath(spark, path)
+        with commit_options(spark, app_id, cursor, metadata):
+            target.alias("t").merge(frame.alias("s"), condition).whenNotMatchedInsertAll().execute()
+
+    retry_on_conflict(merge, "raw_events merge")
+    commit = _commit_of_run(settings, metadata["run_id"])
+    return (commit.rows_added or 0, commit.version) if commit else (0, None)
+
+
+def _commit_of_run(settings: Settings, run_id: str):
+    """This run's commit among the newest ones of raw_events, or None if it made none."""
+    for commit in commits(settings, RAW_EVENTS)[:20]:
+        if (commit.user_metadata or {}).get("run_id") == run_id:
+            return commit
+    return None
+
+
 def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> SyncResult:
-    """Append every committed event not yet in raw_events, in one atomic Delta commit.
+    """Add every committed event not yet in raw_events, in one atomic Delta commit.
 
     Args:
         spark: the process's SparkSession (pipelines.spark.get_spark).
         settings: effective settings.
         run_id: recorded on every row and in the commit; default a new UUID.
     Returns:
-        What the run did: rows added, the Delta version, the cursor before and after.
+        What the run did: rows added, the Delta version, the cursor before and after, the lag.
+    Raises:
+        SourceError: the event store is unreachable or hides rows (row-level security).
+        ConcurrentSyncError: another sync committed first; this one wrote nothing.
     """
-    from pyspark.sql import functions as F
-
     run_id = run_id or str(uuid.uuid4())
+    lookback = settings.cursor_mode == "lookback"
     check_warehouse(settings)
-    path = ensure_raw_events(spark, settings)
+    ensure_raw_events(spark, settings)
     cursor_before = read_cursor(settings)
     state = extract.read_source_state(settings)
-    hi = state.horizon
+    oldest = state.oldest_open_write.isoformat() if state.oldest_open_write else None
+    if state.default_partition_rows:
+        log.warning(
+            "%d events sit in the default partition of %s.%s: create the monthly partitions ahead "
+            "(eventstore.ensure_monthly_partitions)",
+            state.default_partition_rows,
+            settings.source_schema,
+            settings.source_table,
+        )
+    if lookback:
+        since = extract._from_micros(cursor_before) - timedelta(seconds=settings.lookback_seconds)
+        rng = extract.Range(from_at=since if cursor_before else None)
+    else:
+        rng = extract.Range(lo_tx=cursor_before, hi_tx=state.horizon)
 
-    def nothing_added(extract_seconds: float) -> SyncResult:
-        # The cursor stays where it is; an empty range is re-read next time through the tx_id
-        # index, which costs next to nothing.
+    def result(rows_read: int, added: int, version, cursor_after: int, timings=(0.0, 0.0), dups=()) -> SyncResult:
         return SyncResult(
             RAW_EVENTS,
-            0,
-            delta_version(settings, RAW_EVENTS),
+            settings.cursor_mode,
+            rows_read,
+            added,
+            version if version is not None else delta_version(settings, RAW_EVENTS),
             cursor_before,
-            cursor_before,
-            extract.count_pending(settings, cursor_before),
+            cursor_after,
+            extract.count_pending(settings, cursor_after),
             state.committed_events,
-            extract_seconds,
-            0.0,
+            oldest,
+            timings[0],
+            timings[1],
             run_id,
+            list(dups)[:REPORTED_IDS],
+            state.default_partition_rows,
         )
 
-    if hi <= cursor_before:
-        return nothing_added(0.0)
+    if not lookback and state.horizon <= cursor_before:
+        return result(0, 0, None, cursor_before)
 
     staging = Path(tempfile.mkdtemp(prefix=f"lakehouse-stage-{run_id[:8]}-"))
     try:
-        staged = extract.stage_events(settings, cursor_before, hi, staging)
-        log.info(
-            "extracted %d events of transactions [%d, %d) in %.1fs", staged.rows, cursor_before, hi, staged.seconds
-        )
+        log.info("extracting events of %s", _describe(rng))
+        staged = extract.stage_events(settings, rng, staging)
+        log.info("extracted %d events (%s) in %.1fs", staged.rows, _describe(rng), staged.seconds)
         if staged.rows == 0:
-            return nothing_added(staged.seconds)
+            # The cursor stays: an empty range is re-read next time through the index, at no cost.
+            return result(0, 0, None, cursor_before, (staged.seconds, 0.0))
         write_started = time.monotonic()
-        zone = settings.timezone
-        frame = (
-            spark.read.schema(_staged_spark_schema())
-            .parquet(str(staging))
-            .select(
-                F.lit(settings.source_name).alias("source"),
-                "event_id",
-                "tenant_id",
-                "aggregate_kind",
-                "aggregate_id",
-                "event_name",
-                "event_payload",
-                "aggregate_snapshot",
-                "event_at",
-                "tx_id",
-                F.to_date(F.from_utc_timestamp("event_at", zone)).alias("event_date"),
-                F.date_format(F.from_utc_timestamp("event_at", zone), "yyyy-MM").alias("event_month"),
-                F.lit(run_id).alias("run_id"),
-            )
-        )
+        frame = _staged_frame(spark, settings, staging, run_id)
+        frame, dups = _without_duplicates(spark, settings, frame, staging)
+        if lookback:
+            import pyarrow.compute as pc
+            import pyarrow.parquet as pq
+
+            newest = pc.max(pq.read_table(staging, columns=["event_at"]).column("event_at")).as_py()
+            cursor_after = max(cursor_before, extract.to_micros(newest))
+        else:
+            cursor_after = state.horizon
         # Another run may have committed since this one read the cursor: then this one must not
         # write (its range overlaps). Delta's own conflict check covers the rest of the window,
         # since the write below reads the same application transaction id.
@@ -149,42 +289,140 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
             raise ConcurrentSyncError(
                 "another sync advanced the raw_events cursor during this run; nothing was written"
             )
-        metadata = json.dumps(
-            {
-                "run_id": run_id,
-                "source": settings.source_name,
-                "cursor_before": cursor_before,
-                "cursor_after": hi,
-                "rows": staged.rows,
-            },
-            separators=(",", ":"),
+        metadata = {
+            "run_id": run_id,
+            "source": settings.source_name,
+            "cursor_mode": settings.cursor_mode,
+            "cursor_before": cursor_before,
+            "cursor_after": cursor_after,
+            "rows_read": staged.rows,
+        }
+        if lookback:
+            metadata["guarantee"] = guarantee(settings)
+            # Delta skips a write whose transaction version is not above the recorded one, so an
+            # unchanged cursor is simply not restated (the log keeps the previous one).
+            advanced = cursor_after > cursor_before
+            added, version = _merge_insert_only(
+                spark,
+                settings,
+                frame,
+                sync_app_id(settings) if advanced else None,
+                cursor_after if advanced else None,
+                metadata,
+            )
+            if version is None:
+                if read_cursor(settings) != cursor_before:
+                    raise ConcurrentSyncError(
+                        "another sync committed raw_events first; nothing was written by this run"
+                    )
+                cursor_after = cursor_before  # nothing new: Delta made no commit, the cursor stays
+        else:
+            _append(spark, settings, frame, cursor_after, metadata)
+            commit = _commit_of_run(settings, run_id)
+            if commit is None:
+                raise ConcurrentSyncError("another sync committed raw_events first; nothing was written by this run")
+            added, version = commit.rows_added or 0, commit.version
+        write_seconds = time.monotonic() - write_started
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("raw_events: %d rows added in version %s, cursor %d -> %d", added, version, cursor_before, cursor_after)
+    return result(staged.rows, added, version, cursor_after, (staged.seconds, write_seconds), dups)
+
+
+def guarantee(settings: Settings) -> str:
+    """What a sync in the configured cursor mode promises, in words (run and commit metadata)."""
+    if settings.cursor_mode == "lookback":
+        return (
+            f"lookback {settings.lookback_seconds} s: an event committed more than that after its event_at "
+            "is missed until a repair of its day"
         )
+    return "exactly once: transaction-id cursor below the oldest running transaction"
+
+
+def _append(spark, settings: Settings, frame, cursor_after: int, metadata: dict) -> None:
+    """Blind append with the cursor as the commit's idempotent-write transaction."""
+    import json
+
+    try:
         (
             frame.write.format("delta")
             .mode("append")
             .option("txnAppId", sync_app_id(settings))
-            .option("txnVersion", hi)
-            .option("userMetadata", metadata)
-            .save(path)
+            .option("txnVersion", cursor_after)
+            .option("userMetadata", json.dumps(metadata, separators=(",", ":")))
+            .save(table_path(settings, RAW_EVENTS))
         )
-        write_seconds = time.monotonic() - write_started
+    except Exception as exc:
+        if is_conflict(exc):
+            raise ConcurrentSyncError(
+                "another sync committed raw_events at the same time; nothing was written by this run"
+            ) from None
+        raise
+
+
+def _describe(rng: extract.Range) -> str:
+    parts = []
+    if rng.lo_tx is not None or rng.hi_tx is not None:
+        parts.append(f"transactions [{rng.lo_tx}, {rng.hi_tx})")
+    if rng.from_at is not None or rng.to_at is not None:
+        parts.append(f"event_at [{rng.from_at or '-inf'}, {rng.to_at or '+inf'})")
+    return ", ".join(parts) or "all events"
+
+
+def day_bounds(settings: Settings, first_day: date, last_day: date) -> tuple[datetime, datetime]:
+    """[start of first_day, start of the day after last_day) in the configured zone, as UTC."""
+    if last_day < first_day:
+        raise ConfigError(f"the day range ends ({last_day}) before it starts ({first_day})")
+    zone = settings.zone
+    start = datetime.combine(first_day, datetime.min.time(), tzinfo=zone)
+    end = datetime.combine(last_day + timedelta(days=1), datetime.min.time(), tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def repair_days(spark, settings: Settings, first_day: date, last_day: date, run_id: str | None = None) -> RepairResult:
+    """Re-read the events of a range of days (configured zone) and insert the ones the lake lacks.
+
+    In transaction mode only transactions below the cursor are read: newer ones belong to the next
+    incremental run, so a repair and a sync never write the same rows. Idempotent: a second repair
+    of the same range adds nothing. The cursor does not move.
+    """
+    run_id = run_id or str(uuid.uuid4())
+    check_warehouse(settings)
+    ensure_raw_events(spark, settings)
+    start, end = day_bounds(settings, first_day, last_day)
+    # Fails loudly when row-level security would hide rows, as a sync does.
+    extract.read_source_state(settings, count=False)
+    cursor = read_cursor(settings)
+    lookback = settings.cursor_mode == "lookback"
+    if not lookback and cursor == 0:
+        return RepairResult(str(first_day), str(last_day), 0, 0, delta_version(settings, RAW_EVENTS), run_id)
+    rng = extract.Range(hi_tx=None if lookback else cursor, from_at=start, to_at=end)
+    staging = Path(tempfile.mkdtemp(prefix=f"lakehouse-repair-{run_id[:8]}-"))
+    try:
+        staged = extract.stage_events(settings, rng, staging)
+        log.info("repair: read %d events (%s)", staged.rows, _describe(rng))
+        if staged.rows == 0:
+            return RepairResult(str(first_day), str(last_day), 0, 0, delta_version(settings, RAW_EVENTS), run_id)
+        frame = _staged_frame(spark, settings, staging, run_id)
+        frame, dups = _without_duplicates(spark, settings, frame, staging)
+        metadata = {
+            "run_id": run_id,
+            "source": settings.source_name,
+            "repair": [str(first_day), str(last_day)],
+            "rows_read": staged.rows,
+        }
+        added, version = _merge_insert_only(spark, settings, frame, None, None, metadata)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-    version = delta_version(settings, RAW_EVENTS)
-    pending = extract.count_pending(settings, hi)
-    log.info("raw_events: %d rows added in version %s, cursor %d -> %d", staged.rows, version, cursor_before, hi)
-    return SyncResult(
-        RAW_EVENTS,
+    log.info("repair %s..%s: %d of %d events were missing and are now added", first_day, last_day, added, staged.rows)
+    return RepairResult(
+        str(first_day),
+        str(last_day),
         staged.rows,
-        version,
-        cursor_before,
-        hi,
-        pending,
-        state.committed_events,
-        staged.seconds,
-        write_seconds,
+        added,
+        version if version is not None else delta_version(settings, RAW_EVENTS),
         run_id,
+        dups[:REPORTED_IDS],
     )
 
 

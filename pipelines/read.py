@@ -70,7 +70,12 @@ def read_table(
     for column, value in where or []:
         if column not in dataset.schema.names:
             raise LakehouseError(f"{table} has no column {column!r} (columns: {', '.join(dataset.schema.names)})")
-        term = pc.field(column).cast(pa.string()) == pa.scalar(value)
+        if pa.types.is_boolean(dataset.schema.field(column).type):
+            if value.strip().lower() not in {"true", "false"}:
+                raise LakehouseError(f"{column} is true or false, not {value!r}")
+            term = pc.field(column) == pa.scalar(value.strip().lower() == "true")
+        else:
+            term = pc.field(column).cast(pa.string()) == pa.scalar(value)
         expression = term if expression is None else expression & term
     rows = dataset.to_table(filter=expression) if expression is not None else None
     if rows is None:
@@ -112,6 +117,8 @@ def status(settings: Settings) -> dict[str, Any]:
         store_events = state.committed_events
         result["store_reachable"] = True
         result["store_horizon"] = state.horizon
+        result["oldest_open_write"] = state.oldest_open_write
+        result["default_partition_rows"] = state.default_partition_rows
     except LakehouseError as exc:
         result["store_reachable"] = False
         result["store_error"] = str(exc)
@@ -121,7 +128,7 @@ def status(settings: Settings) -> dict[str, Any]:
     tables: list[dict[str, Any]] = []
     cursor = None
     try:
-        lake.check_warehouse(settings)
+        lake.check_warehouse(settings, create=False)
         names = lake.list_tables(settings)
         result["warehouse_reachable"] = True
         for name in names:
@@ -137,7 +144,7 @@ def status(settings: Settings) -> dict[str, Any]:
     result["lake_events"] = lake_events
     result["cursor"] = cursor
     pending = None
-    if result["store_reachable"]:
+    if result["store_reachable"] and result["warehouse_reachable"]:
         try:
             pending = extract.count_pending(settings, cursor or 0)
         except LakehouseError as exc:

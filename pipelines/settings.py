@@ -33,7 +33,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "AWS_REGION": ("s3", "region"),
     "AWS_DEFAULT_REGION": ("s3", "region"),
     "LAKEHOUSE_S3_PATH_STYLE": ("s3", "path_style_access"),
+    "LAKEHOUSE_CURSOR": ("source", "cursor"),
 }
+
+CURSOR_MODES = ("transaction", "lookback")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Settings:
     source_table: str
     batch_rows: int
     statement_timeout_ms: int
+    cursor_mode: str
+    lookback_seconds: int
     kinds: tuple[str, ...]
     deleted_event_suffixes: tuple[str, ...]
     sync_cron: str
@@ -89,6 +94,8 @@ class Settings:
             "retention_days": self.retention_days,
             "source": f"{self.source_name} ({self.source_schema}.{self.source_table})",
             "batch_rows": self.batch_rows,
+            "cursor": self.cursor_mode
+            + (f" (lookback {self.lookback_seconds} s)" if self.cursor_mode == "lookback" else ""),
             "s3_endpoint": self.s3_endpoint or ("(AWS default)" if self.on_s3 else ""),
             "s3_region": self.s3_region if self.on_s3 else "",
             "spark_master": self.spark_master,
@@ -203,8 +210,11 @@ def load_settings(
     if retention_days < 1:
         raise ConfigError("[lake] retention_days must be at least 1")
 
-    dsn = str(_require(raw, "source", "dsn", origin))
-    admin_dsn = str(raw.get("source", {}).get("admin_dsn", ""))
+    # Profiles name the Makefile's local PostgreSQL by {pg_port}, so LAKEHOUSE_PG_PORT moves every
+    # command to it, not only the ones make runs.
+    pg_port = str(env.get("LAKEHOUSE_PG_PORT") or "55432")
+    dsn = str(_require(raw, "source", "dsn", origin)).replace("{pg_port}", pg_port)
+    admin_dsn = str(raw.get("source", {}).get("admin_dsn", "")).replace("{pg_port}", pg_port)
     for name, value in (("LAKEHOUSE_PG_DSN", dsn), ("LAKEHOUSE_PG_ADMIN_DSN", admin_dsn)):
         if value and not value.startswith(("postgresql://", "postgres://")):
             raise ConfigError(f"{name} must be a URI such as postgresql://user@host:5432/db, not {mask_dsn(value)!r}")
@@ -213,6 +223,12 @@ def load_settings(
     spark = raw.get("spark", {})
     aggregates = raw.get("aggregates", {})
     source = raw["source"]
+    cursor_mode = str(source.get("cursor", "transaction"))
+    if cursor_mode not in CURSOR_MODES:
+        raise ConfigError(f"[source] cursor must be one of {', '.join(CURSOR_MODES)}, not {cursor_mode!r}")
+    lookback_seconds = int(source.get("lookback_seconds", 3600))
+    if lookback_seconds < 0:
+        raise ConfigError("[source] lookback_seconds must not be negative")
     cache_dir = Path(env.get("LAKEHOUSE_CACHE") or Path.home() / ".cache" / "lakehouse")
     return Settings(
         profile=profile,
@@ -226,6 +242,8 @@ def load_settings(
         source_table=str(source.get("table", "events")),
         batch_rows=int(source.get("batch_rows", 100_000)),
         statement_timeout_ms=int(source.get("statement_timeout_ms", 900_000)),
+        cursor_mode=cursor_mode,
+        lookback_seconds=lookback_seconds,
         kinds=tuple(aggregates.get("kinds", ())),
         deleted_event_suffixes=tuple(aggregates.get("deleted_event_suffixes", ("Deleted",))),
         sync_cron=str(raw.get("dagster", {}).get("sync_cron", "*/15 * * * *")),

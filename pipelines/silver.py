@@ -8,12 +8,12 @@ The MERGE is out-of-order safe: an older event that arrives late never overwrite
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 
 from pipelines.lake import delta_version, list_tables, transaction_version
 from pipelines.settings import Settings
+from pipelines.spark import commit_options, retry_on_conflict
 from pipelines.tables import (
     CURRENT_APP_ID,
     CURRENT_SUFFIX,
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 NEWER_THAN_TARGET = (
     "s.event_at > t.event_at"
-    " OR (s.event_at = t.event_at AND s.tx_id > t.tx_id)"
-    " OR (s.event_at = t.event_at AND s.tx_id = t.tx_id AND s.event_id > t.event_id)"
+    " OR (s.event_at = t.event_at AND coalesce(s.tx_id, 0) > coalesce(t.tx_id, 0))"
+    " OR (s.event_at = t.event_at AND coalesce(s.tx_id, 0) = coalesce(t.tx_id, 0) AND s.event_id > t.event_id)"
 )
 
 
@@ -83,31 +83,26 @@ def _merge_with_cursor(spark, settings: Settings, path: str, source, raw_version
     """
     from delta.tables import DeltaTable
 
+    source = aligned_to(source, DeltaTable.forPath(spark, path).toDF().schema).localCheckpoint()
+
+    def merge() -> None:
+        # Out-of-order safe and idempotent, so a retry after a conflict is harmless.
+        target = DeltaTable.forPath(spark, path)
+        with commit_options(spark, CURRENT_APP_ID, raw_version, {"kind": kind, "raw_events_version": raw_version}):
+            (
+                target.alias("t")
+                .merge(source.alias("s"), "t.tenant_id = s.tenant_id AND t.aggregate_id = s.aggregate_id")
+                .whenMatchedUpdateAll(condition=NEWER_THAN_TARGET)
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+
+    retry_on_conflict(merge, f"{kind} current-state merge")
     target = DeltaTable.forPath(spark, path)
-    source = aligned_to(source, target.toDF().schema)
-    conf = spark.conf
-    conf.set("spark.databricks.delta.write.txnAppId", CURRENT_APP_ID)
-    conf.set("spark.databricks.delta.write.txnVersion", str(raw_version))
-    conf.set(
-        "spark.databricks.delta.commitInfo.userMetadata",
-        json.dumps({"kind": kind, "raw_events_version": raw_version}, separators=(",", ":")),
-    )
-    try:
-        (
-            target.alias("t")
-            .merge(source.alias("s"), "t.tenant_id = s.tenant_id AND t.aggregate_id = s.aggregate_id")
-            .whenMatchedUpdateAll(condition=NEWER_THAN_TARGET)
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
-        last = target.history(1).select("version", "operationMetrics").first()
-        metrics = last["operationMetrics"] or {}
-        changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
-        return changed, int(last["version"])
-    finally:
-        conf.unset("spark.databricks.delta.write.txnAppId")
-        conf.unset("spark.databricks.delta.write.txnVersion")
-        conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+    last = target.history(1).select("version", "operationMetrics").first()
+    metrics = last["operationMetrics"] or {}
+    changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    return changed, int(last["version"])
 
 
 def build_current(spark, settings: Settings) -> list[CurrentResult]:

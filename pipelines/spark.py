@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from contextlib import contextmanager
 
 from pipelines.errors import ConfigError
 from pipelines.settings import Settings
@@ -12,6 +14,8 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 JAR_SUMS_FILE = "jars.sha256"
+# Session settings are shared by every thread of the process: one commit at a time sets them.
+_COMMIT_LOCK = threading.RLock()
 
 
 def jar_paths(settings: Settings) -> list[str]:
@@ -89,3 +93,48 @@ def get_spark(settings: Settings, app_name: str = "lakehouse"):
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+@contextmanager
+def commit_options(spark, app_id: str | None = None, version: int | None = None, metadata: dict | None = None):
+    """Session settings that Delta writes commands without writer options (MERGE) read.
+
+    app_id and version become the commit's idempotent-write transaction (a writer's cursor in the
+    Delta log); metadata becomes the commit's userMetadata. Unset again on the way out.
+    """
+    import json
+
+    settings = {}
+    if app_id is not None and version is not None:
+        settings["spark.databricks.delta.write.txnAppId"] = app_id
+        settings["spark.databricks.delta.write.txnVersion"] = str(int(version))
+    if metadata is not None:
+        settings["spark.databricks.delta.commitInfo.userMetadata"] = json.dumps(metadata, separators=(",", ":"))
+    with _COMMIT_LOCK:
+        for key, value in settings.items():
+            spark.conf.set(key, value)
+        try:
+            yield
+        finally:
+            for key in settings:
+                spark.conf.unset(key)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A Delta optimistic-concurrency conflict (another writer committed first)."""
+    text = f"{type(exc).__name__} {exc}"
+    return "Concurrent" in text or "DELTA_CONCURRENT" in text or "ProtocolChanged" in text
+
+
+def retry_on_conflict(action, what: str, attempts: int = 5):
+    """Run an idempotent Delta write, again after a conflict with a concurrent writer."""
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if not is_conflict(exc) or attempt == attempts:
+                raise
+            log.info("%s conflicted with another writer; retrying (%d/%d)", what, attempt, attempts)
+            time.sleep(0.5 * attempt)

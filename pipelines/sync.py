@@ -1,17 +1,18 @@
-"""One whole incremental run outside any orchestrator: raw_events, then every <kind>_current."""
+"""Whole runs outside any orchestrator: raw_events first, then every <kind>_current from it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
-from pipelines.load import SyncResult, sync_raw_events
+from pipelines.load import RepairResult, SyncResult, repair_days, sync_raw_events
 from pipelines.settings import Settings
 from pipelines.silver import CurrentResult, build_current
 
 
 @dataclass(frozen=True)
 class RunResult:
-    raw: SyncResult
+    raw: SyncResult | RepairResult
     current: list[CurrentResult]
 
     def as_dict(self) -> dict:
@@ -21,4 +22,10 @@ class RunResult:
 def run_sync(spark, settings: Settings, run_id: str | None = None) -> RunResult:
     """Sync raw_events from the event store, then build the current-state tables from it."""
     raw = sync_raw_events(spark, settings, run_id=run_id)
+    return RunResult(raw=raw, current=build_current(spark, settings))
+
+
+def run_repair(spark, settings: Settings, first_day: date, last_day: date, run_id: str | None = None) -> RunResult:
+    """Heal raw_events for a range of days, then bring the current-state tables up to date."""
+    raw = repair_days(spark, settings, first_day, last_day, run_id=run_id)
     return RunResult(raw=raw, current=build_current(spark, settings))

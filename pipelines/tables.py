@@ -32,6 +32,9 @@ def current_table_name(kind: str) -> str:
 
 
 def sync_app_id(settings: Settings) -> str:
+    """The raw_events writer's id; the cursor's meaning differs by mode, so the id does too."""
+    if settings.cursor_mode == "lookback":
+        return f"lakehouse-sync-lookback:{settings.source_name}"
     return SYNC_APP_ID_PREFIX + settings.source_name
 
 

@@ -108,7 +108,8 @@ def main() -> int:
 
     step("status")
     lakehouse("status")
-    print("\nNext: .venv/bin/lakehouse --help, make ui (Dagster on http://127.0.0.1:3000), make stop")
+    ui_port = os.environ.get("UI_PORT", "3000")
+    print(f"\nNext: .venv/bin/lakehouse --help, make ui (Dagster on http://127.0.0.1:{ui_port}), make stop")
     return 0
 
 

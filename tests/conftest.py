@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -151,3 +152,127 @@ def local_warehouse(tmp_path: Path) -> str:
 @pytest.fixture()
 def s3_warehouse(moto_endpoint: str) -> str:
     return f"s3a://{S3_BUCKET}/wh-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def stress_rounds() -> int:
+    """Rounds of the stress variants: a bounded 3 in `make test`, 50 in `make stress`."""
+    return int(os.environ.get("LAKEHOUSE_STRESS_ROUNDS", "3"))
+
+
+class SparePostgres:
+    """A second PostgreSQL cluster of the project's own script, which a test may stop and start."""
+
+    def __init__(self, data: Path, port: int):
+        self.env = {**os.environ, "LAKEHOUSE_PG_PORT": str(port), "LAKEHOUSE_PG_DATA": str(data)}
+        self.port = port
+        self.data = data
+        self.store: Store | None = None
+
+    def _pg(self, action: str) -> None:
+        subprocess.run([str(PROJECT / "scripts" / "pg.sh"), action], env=self.env, check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._pg("start")
+
+    def stop(self) -> None:
+        self._pg("stop")
+
+
+@pytest.fixture()
+def spare_postgres(tmp_path: Path) -> Iterator[SparePostgres]:
+    from pipelines.eventstore import init_eventstore
+
+    if os.geteuid() == 0:  # the cluster belongs to postgres, which cannot enter root's tmp dirs
+        data = Path("/var/lib/postgresql/lakehouse") / f"spare-{uuid.uuid4().hex[:8]}"
+    else:
+        data = tmp_path / "pg"
+    spare = SparePostgres(data, _free_port())
+    spare.start()
+    admin = f"postgresql://postgres@127.0.0.1:{spare.port}/lakehouse"
+    spare.store = Store("lakehouse", admin, f"postgresql://lakehouse_pipeline@127.0.0.1:{spare.port}/lakehouse")
+    init_eventstore(admin)
+    yield spare
+    spare.stop()
+    subprocess.run(["rm", "-rf", str(data), f"{data}.log"], check=False)
+
+
+class TcpProxy:
+    """A loopback TCP relay to a real server; stopping it cuts every connection, like an outage."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.warehouse = f"s3a://{S3_BUCKET}/proxied-{uuid.uuid4().hex[:8]}"
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.2)  # the accept loop notices stop() within 0.2 s
+        self._listener = listener
+        self._stopping = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept, args=(listener, self._stopping), daemon=True)
+        self._acceptor.start()
+
+    def _accept(self, listener: socket.socket, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._stopping.set()
+            self._acceptor.join(5)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for s in self._open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self._open.clear()
+
+
+@pytest.fixture()
+def s3_proxy(moto_endpoint: str) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(int(moto_endpoint.rsplit(":", 1)[1]))
+    proxy.start()
+    yield proxy
+    proxy.stop()

@@ -28,7 +28,13 @@ def test_init_is_idempotent(filled_store):
     versions = [
         r[0] for r in rows(filled_store.admin_dsn, "SELECT version FROM eventstore.schema_migrations ORDER BY 1")
     ]
-    assert versions == ["001_roles_and_schema", "002_events", "003_append_only", "004_row_level_security"]
+    assert versions == [
+        "001_roles_and_schema",
+        "002_events",
+        "003_append_only",
+        "004_row_level_security",
+        "005_pipeline_monitoring",
+    ]
 
 
 def test_table_is_partitioned_with_a_default_partition(filled_store):

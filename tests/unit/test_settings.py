@@ -65,3 +65,19 @@ def test_bad_settings_fail_with_a_clear_message(env, message):
 def test_unknown_profile_names_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown profile 'prod'.*'local'"):
         load_settings(profile="prod", environ=BASE_ENV)
+
+
+def test_cursor_mode_defaults_to_transaction_and_is_validated():
+    settings = load_settings(profile="local", environ=BASE_ENV)
+    assert (settings.cursor_mode, settings.lookback_seconds) == ("transaction", 3600)
+    assert (
+        load_settings(profile="local", environ={**BASE_ENV, "LAKEHOUSE_CURSOR": "lookback"}).cursor_mode == "lookback"
+    )
+    with pytest.raises(ConfigError, match="cursor must be one of transaction, lookback"):
+        load_settings(profile="local", environ={**BASE_ENV, "LAKEHOUSE_CURSOR": "timestamp"})
+
+
+def test_local_postgres_port_follows_lakehouse_pg_port():
+    settings = load_settings(profile="local", environ={**BASE_ENV, "LAKEHOUSE_PG_PORT": "55470"})
+    assert settings.pg_dsn == "postgresql://lakehouse_pipeline@127.0.0.1:55470/lakehouse"
+    assert settings.pg_admin_dsn == "postgresql://postgres@127.0.0.1:55470/lakehouse"
