@@ -344,11 +344,14 @@ def run(argv: list[str] | None = None) -> int:
         print(f"lakehouse: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if not _from_spark(exc) or args.verbose:
+        if not _from_spark(exc):
             raise
+        if args.verbose:
+            log.exception("full trace")
         # Spark's own errors carry pages of JVM frames; one line says what failed (-v shows all).
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        print(f"lakehouse: error: Spark failed: {first[:500]} (run with -v for the full trace)", file=sys.stderr)
+        what = "Spark" if type(exc).__module__.startswith(("pyspark", "py4j", "delta.")) else "the lake"
+        print(f"lakehouse: error: {what} failed: {first[:500]} (run with -v for the full trace)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lakehouse: interrupted", file=sys.stderr)
@@ -357,7 +360,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def _from_spark(exc: BaseException) -> bool:
     module = type(exc).__module__ or ""
-    return module.startswith(("pyspark", "py4j", "delta"))
+    return module.startswith(("pyspark", "py4j", "delta", "deltalake", "botocore", "pyarrow"))
 
 
 def main(argv: list[str] | None = None) -> None:

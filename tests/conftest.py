@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -198,76 +197,29 @@ def spare_postgres(tmp_path: Path) -> Iterator[SparePostgres]:
 
 
 class TcpProxy:
-    """A loopback TCP relay to a real server; stopping it cuts every connection, like an outage."""
+    """A TCP relay to a real server, in its own process; stop() cuts every connection at once."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.warehouse = f"s3a://{S3_BUCKET}/proxied-{uuid.uuid4().hex[:8]}"
-        self._listener: socket.socket | None = None
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        listener.settimeout(0.2)  # the accept loop notices stop() within 0.2 s
-        self._listener = listener
-        self._stopping = threading.Event()
-        self._acceptor = threading.Thread(target=self._accept, args=(listener, self._stopping), daemon=True)
-        self._acceptor.start()
-
-    def _accept(self, listener: socket.socket, stopping: threading.Event) -> None:
-        while not stopping.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.tcp_proxy", str(self.port), str(self.target_port)],
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout.readline().strip() == "ready"
 
     def stop(self) -> None:
-        if self._listener is not None:
-            self._stopping.set()
-            self._acceptor.join(5)
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            for s in self._open:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self._open.clear()
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(10)
+            self._proc = None
 
 
 @pytest.fixture()
