@@ -126,28 +126,37 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
 
 
+def _report_run(result, fmt: str, lines: list[str]) -> int:
+    """A whole run (raw_events, then the current tables) as JSON or as readable lines."""
+    if fmt == "json":
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+        return 0
+    for line in lines:
+        print(line)
+    for current in result.current:
+        print(
+            f"{current.table}: {current.aggregates_changed} aggregates changed "
+            f"from {current.events_read} events, version {current.delta_version}"
+        )
+    return 0
+
+
 def cmd_sync(args, settings) -> int:
     from pipelines.sync import run_sync
 
     result = _with_spark(settings, "lakehouse-sync", lambda spark: run_sync(spark, settings))
-    if args.format == "json":
-        print(json.dumps(result.as_dict(), indent=2, default=str))
-    else:
-        raw = result.raw
-        print(
-            f"raw_events: +{raw.rows_added} rows, version {raw.delta_version}, "
-            f"cursor {raw.cursor_before} -> {raw.cursor_after}, pending {raw.pending_events}"
-        )
-        if raw.oldest_open_write:
-            print(f"  oldest open write transaction began {raw.oldest_open_write} (newer events wait for it)")
-        if raw.duplicate_event_ids:
-            print(f"  WARNING: event ids held twice by the store, kept once: {', '.join(raw.duplicate_event_ids)}")
-        for current in result.current:
-            print(
-                f"{current.table}: {current.aggregates_changed} aggregates changed "
-                f"from {current.events_read} events, version {current.delta_version}"
-            )
-    return 0
+    raw = result.raw
+    lines = [
+        f"raw_events: +{raw.rows_added} rows, version {raw.delta_version}, "
+        f"cursor {raw.cursor_before} -> {raw.cursor_after}, pending {raw.pending_events}"
+    ]
+    if raw.oldest_open_write:
+        lines.append(f"  oldest open write transaction began {raw.oldest_open_write} (newer events wait for it)")
+    if raw.duplicate_event_ids:
+        lines.append(f"  WARNING: event ids held twice by the store, kept once: {', '.join(raw.duplicate_event_ids)}")
+    if raw.default_partition_rows:
+        lines.append(f"  WARNING: {raw.default_partition_rows} events sit in the default partition")
+    return _report_run(result, args.format, lines)
 
 
 def cmd_repair(args, settings) -> int:
@@ -158,20 +167,12 @@ def cmd_repair(args, settings) -> int:
     result = _with_spark(
         settings, "lakehouse-repair", lambda spark: run_repair(spark, settings, args.from_day, args.to_day)
     )
-    if args.format == "json":
-        print(json.dumps(result.as_dict(), indent=2, default=str))
-    else:
-        raw = result.raw
-        print(
-            f"repair {raw.first_day}..{raw.last_day}: read {raw.rows_read} events, "
-            f"{raw.rows_added} were missing and are now in raw_events (version {raw.delta_version})"
-        )
-        for current in result.current:
-            if current.events_read:
-                print(
-                    f"{current.table}: {current.aggregates_changed} aggregates changed, version {current.delta_version}"
-                )
-    return 0
+    raw = result.raw
+    line = (
+        f"repair {raw.first_day}..{raw.last_day}: read {raw.rows_read} events, "
+        f"{raw.rows_added} were missing and are now in raw_events (version {raw.delta_version})"
+    )
+    return _report_run(result, args.format, [line])
 
 
 def cmd_reconcile(args, settings) -> int:

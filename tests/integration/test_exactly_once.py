@@ -434,3 +434,42 @@ def test_parallel_day_repairs_fc08(new_store, spark, local_warehouse):
     ]
     assert sorted(c.user_metadata["repair"][0] for c in repairs) == [str(d) for d in days]
     assert len({c.version for c in repairs}) == 5
+
+
+STAGE_AND_MEASURE = textwrap.dedent(
+    """
+    import resource, sys, tempfile
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from pipelines import extract
+    from tests.conftest import Store, make_settings
+    store = Store("x", sys.argv[2], sys.argv[3])
+    settings = make_settings(store, "/tmp/unused").with_overrides(batch_rows=int(sys.argv[4]))
+    staged = extract.stage_events(settings, extract.Range(), Path(tempfile.mkdtemp()))
+    print(staged.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """
+)
+
+
+def test_extraction_memory_follows_the_batch_not_the_run(new_store):
+    """Peak memory of extraction with 8x the events stays within a few MB (batches of 2,000)."""
+    small, large = new_store(), new_store()
+    generate_events(small.admin_dsn, 10_000, tenants=2, seed=17)
+    generate_events(large.admin_dsn, 80_000, tenants=2, seed=17)
+
+    def peak_mb(store) -> tuple[int, int]:
+        done = subprocess.run(
+            [sys.executable, "-c", STAGE_AND_MEASURE, str(PROJECT), store.admin_dsn, store.dsn, "2000"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        rows, peak = done.stdout.split()
+        return int(rows), int(peak)
+
+    small_rows, small_peak = peak_mb(small)
+    large_rows, large_peak = peak_mb(large)
+    assert (small_rows, large_rows) == (10_000, 80_000)
+    # Held in memory at once, 70,000 more events would add about 70 MB of Arrow data.
+    assert large_peak - small_peak < 25, (small_peak, large_peak)
