@@ -12,6 +12,7 @@ from datetime import date, datetime
 from typing import Any
 
 from pipelines.errors import LakehouseError
+from pipelines.eventstore import one_line
 from pipelines.settings import load_settings
 
 log = logging.getLogger("lakehouse")
@@ -342,7 +343,7 @@ def run(argv: list[str] | None = None) -> int:
         settings = load_settings(profile=args.profile)
         return args.func(args, settings)
     except LakehouseError as exc:
-        print(f"lakehouse: error: {exc}", file=sys.stderr)
+        print(f"lakehouse: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:
         if not _from_spark(exc):
@@ -351,6 +352,7 @@ def run(argv: list[str] | None = None) -> int:
             log.exception("full trace")
         # Spark's own errors carry pages of JVM frames; one line says what failed (-v shows all).
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        first = one_line(first)
         what = "Spark" if type(exc).__module__.startswith(("pyspark", "py4j", "delta.")) else "the lake"
         print(f"lakehouse: error: {what} failed: {first[:500]} (run with -v for the full trace)", file=sys.stderr)
         return 1

@@ -91,10 +91,12 @@ def ensure_raw_events(spark, settings: Settings) -> str:
     """Create raw_events (version 0, empty) if it does not exist; returns its path."""
     path = table_path(settings, RAW_EVENTS)
     props = ", ".join(f"'{k}' = '{v}'" for k, v in table_properties(settings, append_only=True).items())
-    spark.sql(
+    create = (
         f"CREATE TABLE IF NOT EXISTS delta.`{path}` ({RAW_EVENTS_DDL}) USING delta"
         f" PARTITIONED BY (event_month) TBLPROPERTIES ({props})"
     )
+    # Two first runs may race to create it; the loser retries and finds the table.
+    retry_on_conflict(lambda: spark.sql(create), "creating raw_events")
     return path
 
 

@@ -73,7 +73,7 @@ def _ensure_table(spark, settings: Settings, path: str, schema) -> None:
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     for key, value in table_properties(settings, append_only=False).items():
         builder = builder.property(key, value)
-    builder.execute()
+    retry_on_conflict(builder.execute, f"creating {path}")
 
 
 def _merge_with_cursor(spark, settings: Settings, path: str, source, raw_version: int, kind: str):

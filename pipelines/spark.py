@@ -123,7 +123,16 @@ def commit_options(spark, app_id: str | None = None, version: int | None = None,
 def is_conflict(exc: BaseException) -> bool:
     """A Delta optimistic-concurrency conflict (another writer committed first)."""
     text = f"{type(exc).__name__} {exc}"
-    return "Concurrent" in text or "DELTA_CONCURRENT" in text or "ProtocolChanged" in text
+    return any(
+        marker in text
+        for marker in (
+            "Concurrent",
+            "DELTA_CONCURRENT",
+            "ProtocolChanged",
+            "FileAlreadyExists",
+            "DELTA_PROTOCOL_CHANGED",
+        )
+    )
 
 
 def retry_on_conflict(action, what: str, attempts: int = 5):

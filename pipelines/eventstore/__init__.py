@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -42,10 +43,10 @@ def connect(dsn: str, **kwargs) -> psycopg.Connection:
         raise SourceError(f"PostgreSQL unreachable at {mask_dsn(dsn)}: {one_line(exc)}") from None
 
 
-def one_line(exc: BaseException) -> str:
-    """A driver's multi-line error message as one line."""
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    return text or type(exc).__name__
+def one_line(exc: BaseException | str) -> str:
+    """A driver's multi-line error message (colour codes, arrows and all) as one plain line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).replace("↳", " ")
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def init_eventstore(admin_dsn: str) -> list[str]:

@@ -392,9 +392,12 @@ def test_failing_reconciliation_blocks_downstream_fc11(new_store, spark, local_w
     assert evaluation.metadata["lake_events"].value == 449
 
 
-def test_parallel_day_repairs_fc08(new_store, spark, local_warehouse):
-    """Five days re-synced by separate processes, two at a time, into one table: every day whole,
-    nothing twice, every repair its own commit (Delta conflicts are retried, never lost)."""
+@pytest.mark.stress
+def test_parallel_day_repairs_fc08(new_store, spark, local_warehouse, stress_rounds):
+    """Five days (three in the bounded run) re-synced by separate processes, two at a time, into
+    one table: every day whole, nothing twice, every repair its own commit (Delta conflicts are
+    retried, never lost)."""
+    count = 5 if stress_rounds >= 5 else 3
     store = new_store()
     settings = make_settings(store, local_warehouse)
     generate_events(store.admin_dsn, 600, tenants=2, seed=16, days=8)
@@ -403,8 +406,8 @@ def test_parallel_day_repairs_fc08(new_store, spark, local_warehouse):
     days = [
         r[0]
         for r in spark.read.format("delta").load(path).select("event_date").distinct().orderBy("event_date").collect()
-    ][:5]
-    assert len(days) == 5
+    ][:count]
+    assert len(days) == count
     day_list = ", ".join(f"DATE'{d}'" for d in days)
     spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.appendOnly' = 'false')")
     spark.sql(f"DELETE FROM delta.`{path}` WHERE event_date IN ({day_list})")
@@ -433,7 +436,7 @@ def test_parallel_day_repairs_fc08(new_store, spark, local_warehouse):
         if c.version > version_before and (c.user_metadata or {}).get("repair")
     ]
     assert sorted(c.user_metadata["repair"][0] for c in repairs) == [str(d) for d in days]
-    assert len({c.version for c in repairs}) == 5
+    assert len({c.version for c in repairs}) == count
 
 
 STAGE_AND_MEASURE = textwrap.dedent(
