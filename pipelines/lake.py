@@ -229,7 +229,11 @@ def check_warehouse(settings: Settings, create: bool = True) -> None:
 
         root = Path(settings.warehouse)
         if not create and not root.exists():
-            raise LakehouseError(f"warehouse {root} does not exist (the first sync creates it)")
+            # Reachable if the first sync will be able to create it.
+            parent = next(p for p in root.parents if p.exists())
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise LakehouseError(f"warehouse {root} cannot be created: {parent} is not writable")
+            return
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
