@@ -159,3 +159,22 @@ def test_time_zones_fc02(synced, spark, process_tz, configured_zone):
         assert f"naive time read in {configured_zone}" in done.stdout
     finally:
         spark.conf.set("spark.sql.session.timeZone", "UTC")
+
+
+@pytest.mark.parametrize(
+    ("where", "code", "reachable"),
+    [("not-yet-created/warehouse", 0, True), ("/etc/hostname/warehouse", 1, False)],
+    ids=["before-first-sync", "parent-is-a-file"],
+)
+def test_status_before_the_first_sync_and_for_an_impossible_warehouse(synced, tmp_path, where, code, reachable):
+    store, _, _ = synced
+    warehouse = str(tmp_path / where) if not where.startswith("/") else where
+    env = {**os.environ, "LAKEHOUSE_PG_DSN": store.dsn, "LAKEHOUSE_WAREHOUSE": warehouse}
+    done = subprocess.run(
+        [LAKEHOUSE, "status", "--format", "json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == code, done.stderr
+    report = json.loads(done.stdout)
+    assert report["warehouse_reachable"] is reachable
+    assert report["store_events"] == 1000 and report["lake_events"] is None
+    assert not os.path.exists(warehouse), "status must not create the warehouse"
