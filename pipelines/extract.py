@@ -107,7 +107,8 @@ def check_visibility(conn, settings: Settings) -> None:
         "SELECT policyname, permissive, qual FROM pg_policies"
         " WHERE schemaname = %s AND tablename = %s AND cmd IN ('ALL', 'SELECT')"
         " AND EXISTS (SELECT 1 FROM unnest(roles) AS p(name)"
-        "             WHERE p.name = 'public' OR pg_has_role(current_user, p.name, 'MEMBER'))",
+        "             WHERE CASE WHEN p.name = 'public' THEN true"
+        "                        ELSE pg_has_role(current_user, p.name, 'MEMBER') END)",
         (settings.source_schema, settings.source_table),
     ).fetchall()
     reads_all = [name for name, kind, qual in policies if kind == "PERMISSIVE" and (qual or "").strip() == "true"]
