@@ -131,6 +131,10 @@ def is_conflict(exc: BaseException) -> bool:
             "ProtocolChanged",
             "FileAlreadyExists",
             "DELTA_PROTOCOL_CHANGED",
+            "MetadataChanged",
+            "DELTA_METADATA_CHANGED",
+            # a first write racing another one's table creation
+            "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION",
         )
     )
 
