@@ -1,9 +1,10 @@
-"""Assets: raw_events (bronze) and one <kind>_current table per configured aggregate kind."""
+"""Assets: raw_events (bronze), and <kind>_history and <kind>_current per configured aggregate kind."""
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
@@ -18,8 +19,8 @@ from dagster_project.resources import SparkResource
 from pipelines.load import guarantee, sync_raw_events
 from pipelines.reconcile import reconcile
 from pipelines.settings import Settings
-from pipelines.silver import build_current
-from pipelines.tables import RAW_EVENTS, current_table_name, table_path
+from pipelines.silver import build_silver, recorded_conflicts
+from pipelines.tables import RAW_EVENTS, current_table_name, history_table_name, table_path
 
 GROUP = "lakehouse"
 
@@ -100,27 +101,62 @@ def raw_events_matches_store(context: AssetCheckExecutionContext, spark: SparkRe
     )
 
 
-def current_specs(settings: Settings) -> list[AssetSpec]:
+def silver_specs(settings: Settings) -> list[AssetSpec]:
+    tables = []
+    for kind in settings.kinds:
+        tables.append(
+            (
+                history_table_name(kind),
+                f"Every state of every {kind} aggregate: one row per event, valid_from / valid_to.",
+            )
+        )
+        tables.append(
+            (current_table_name(kind), f"Latest state of every {kind} aggregate (snapshot fields as columns).")
+        )
     return [
-        AssetSpec(
-            key=AssetKey(current_table_name(kind)),
-            deps=[RAW_EVENTS],
-            group_name=GROUP,
-            kinds={"delta", "spark"},
-            description=f"Latest state of every {kind} aggregate (snapshot fields as columns).",
+        AssetSpec(key=AssetKey(name), deps=[RAW_EVENTS], group_name=GROUP, kinds={"delta", "spark"}, description=text)
+        for name, text in tables
+    ]
+
+
+def silver_check_specs(settings: Settings) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(
+            name="snapshot_types",
+            asset=history_table_name(kind),
+            description="Snapshot fields whose JSON type no longer fits their column (the raw JSON is kept).",
         )
         for kind in settings.kinds
     ]
 
 
-def build_current_asset(settings: Settings):
-    """One multi-asset for all current tables: they are built from one read of raw_events."""
+def _silver_metadata(settings: Settings, result) -> dict:
+    return {
+        "events_read": result.events_read,
+        "rows_changed": result.rows_changed,
+        "delta_version": result.delta_version,
+        "cursor_before": result.raw_version_before,
+        "cursor_after": result.raw_version_after,
+        "added_columns": MetadataValue.json(list(result.added_columns)),
+        "type_conflicts": MetadataValue.json(list(result.conflicts)),
+        "table": MetadataValue.path(table_path(settings, result.table)),
+    }
 
-    @multi_asset(name="current_tables", specs=current_specs(settings), can_subset=False)
-    def current_tables(context: AssetExecutionContext, spark: SparkResource):
+
+def build_silver_asset(settings: Settings):
+    """One multi-asset for all history and current tables: they are built from one read of raw_events."""
+
+    @multi_asset(
+        name="silver_tables",
+        specs=silver_specs(settings),
+        check_specs=silver_check_specs(settings),
+        can_subset=False,
+    )
+    def silver_tables(context: AssetExecutionContext, spark: SparkResource):
         run_settings = spark.settings
-        results = build_current(spark.session(), run_settings)
-        declared = {current_table_name(k) for k in settings.kinds}
+        results = build_silver(spark.session(), run_settings)
+        declared = {t for k in settings.kinds for t in (history_table_name(k), current_table_name(k))}
+        checked = {history_table_name(k) for k in settings.kinds}
         for result in results:
             if result.table not in declared:
                 context.log.warning(
@@ -128,19 +164,35 @@ def build_current_asset(settings: Settings):
                     "[aggregates] kinds of conf/: add it there to see it as its own asset"
                 )
                 continue
-            yield MaterializeResult(
-                asset_key=AssetKey(result.table),
-                metadata={
-                    "events_read": result.events_read,
-                    "rows_added": result.aggregates_changed,
-                    "delta_version": result.delta_version,
-                    "cursor_before": result.raw_version_before,
-                    "cursor_after": result.raw_version_after,
-                    "table": MetadataValue.path(table_path(run_settings, result.table)),
-                },
-            )
+            yield MaterializeResult(asset_key=AssetKey(result.table), metadata=_silver_metadata(run_settings, result))
         built = {r.table for r in results}
         for name in sorted(declared - built):
-            yield MaterializeResult(asset_key=AssetKey(name), metadata={"rows_added": 0})
+            yield MaterializeResult(asset_key=AssetKey(name), metadata={"rows_changed": 0})
+        by_table = {r.table: r for r in results}
+        for name in sorted(checked):
+            result = by_table.get(name)
+            conflicts = list(result.conflicts) if result else []
+            earlier = recorded_conflicts(run_settings, name)
+            description = (
+                "; ".join(
+                    f"{c['rows']} snapshots hold a {c['seen_type']} at {c['path']} where the table has "
+                    f"{c['column_type']} (e.g. event {c['example_event_id']})"
+                    for c in conflicts
+                )
+                + "; the raw JSON is kept in aggregate_snapshot"
+                if conflicts
+                else "every snapshot value of this run fits its column"
+            )
+            yield AssetCheckResult(
+                asset_key=AssetKey(name),
+                check_name="snapshot_types",
+                passed=not conflicts,
+                severity=AssetCheckSeverity.WARN,
+                description=description,
+                metadata={
+                    "conflicts": MetadataValue.json(conflicts),
+                    "conflicts_recorded_in_table_history": len(earlier),
+                },
+            )
 
-    return current_tables
+    return silver_tables

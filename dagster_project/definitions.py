@@ -19,7 +19,7 @@ from dagster import (
     schedule,
 )
 
-from dagster_project.assets import build_current_asset, raw_events, raw_events_matches_store
+from dagster_project.assets import build_silver_asset, raw_events, raw_events_matches_store
 from dagster_project.resources import PostgresResource, SparkResource, WarehouseResource
 from pipelines.settings import load_settings
 
@@ -67,12 +67,12 @@ def build_definitions() -> Definitions:
     sync_job = define_asset_job(
         "sync_job",
         selection=AssetSelection.all(),
-        description="Incremental sync: raw_events, then every current-state table.",
+        description="Incremental sync: raw_events, then every history and current table.",
     )
     postgres = PostgresResource(dsn=_env_or_default("LAKEHOUSE_PG_DSN"))
     warehouse = WarehouseResource(root=_env_or_default("LAKEHOUSE_WAREHOUSE"))
     return Definitions(
-        assets=[raw_events, build_current_asset(settings)],
+        assets=[raw_events, build_silver_asset(settings)],
         asset_checks=[raw_events_matches_store],
         jobs=[sync_job],
         schedules=[build_sync_schedule(sync_job, settings.sync_cron, settings.timezone)],

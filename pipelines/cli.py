@@ -128,17 +128,27 @@ def _day(text: str) -> date:
 
 
 def _report_run(result, fmt: str, lines: list[str]) -> int:
-    """A whole run (raw_events, then the current tables) as JSON or as readable lines."""
+    """A whole run (raw_events, then the history and current tables) as JSON or as readable lines."""
     if fmt == "json":
         print(json.dumps(result.as_dict(), indent=2, default=str))
         return 0
     for line in lines:
         print(line)
-    for current in result.current:
+    for silver in result.silver:
+        what = "rows" if silver.table.endswith("_history") else "aggregates"
         print(
-            f"{current.table}: {current.aggregates_changed} aggregates changed "
-            f"from {current.events_read} events, version {current.delta_version}"
+            f"{silver.table}: {silver.rows_changed} {what} changed "
+            f"from {silver.events_read} events, version {silver.delta_version}"
         )
+        if silver.added_columns:
+            print(f"  new snapshot fields, added as columns: {', '.join(silver.added_columns)}")
+        for conflict in silver.conflicts if silver.table.endswith("_history") else ():
+            print(
+                f"  warning: {conflict['rows']} snapshots hold a {conflict['seen_type']} at {conflict['path']} "
+                f"where the table has {conflict['column_type']} (e.g. event {conflict['example_event_id']}); "
+                "the raw JSON is kept in aggregate_snapshot",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -204,6 +214,27 @@ def cmd_reconcile(args, settings) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_vacuum(args, settings) -> int:
+    from pipelines.maintenance import check_retention, select_tables, vacuum
+
+    # A retention below the policy and unknown tables are refused before Spark starts.
+    days = check_retention(settings, args.retain_days)
+    select_tables(settings, args.table)
+    results = _with_spark(
+        settings,
+        "lakehouse-vacuum",
+        lambda spark: vacuum(spark, settings, retain_days=days, tables=args.table, dry_run=args.dry_run),
+    )
+    what = "dry run, nothing deleted" if args.dry_run else "vacuumed"
+    print(
+        f"{what}: {len(results)} tables, retaining {days} days "
+        f"(retention policy {settings.retention_days} days, [lake] retention_days)",
+        file=sys.stderr if args.format != "table" else sys.stdout,
+    )
+    _print_rows(results, args.format)
+    return 0
+
+
 def cmd_read(args, settings) -> int:
     from pipelines.read import parse_where, read_table
 
@@ -227,6 +258,71 @@ def cmd_history(args, settings) -> int:
 
     _print_rows(table_history(settings, args.table), args.format)
     return 0
+
+
+def cmd_audit(args, settings) -> int:
+    import getpass
+
+    from pipelines.audit import AggregateNotFoundError, audit
+
+    asked_by = args.asked_by or os.environ.get("LAKEHOUSE_AUDITOR") or getpass.getuser()
+    try:
+        result = audit(
+            settings,
+            args.kind,
+            args.aggregate_id,
+            asked_by=asked_by,
+            as_of=args.as_of,
+            as_seen_at=args.as_seen_at,
+            tenant=args.tenant,
+        )
+    except AggregateNotFoundError as exc:
+        print(f"lakehouse: {one_line(str(exc))}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(_jsonable(result.as_dict()), indent=2, ensure_ascii=False))
+        return 0
+    _print_audit(result)
+    return 0
+
+
+def _print_audit(result) -> None:
+    from tabulate import tabulate
+
+    label = result.kind
+    if result.as_of is None:
+        when = f"now ({result.as_of_utc.isoformat()})"
+    else:
+        zone = f"naive time read in {result.as_of_zone}" if result.as_of_zone else "offset given"
+        when = f"{result.as_of} = {result.as_of_utc.isoformat()} ({zone})"
+    seen = result.seen
+    if result.as_seen_at is None:
+        lake_line = "as the lake knows it now"
+    else:
+        zone = f"naive time read in {seen.zone_used}" if seen.zone_used else "offset given"
+        lake_line = f"as the lake knew it at {result.as_seen_at} = {seen.requested_utc.isoformat()} ({zone})"
+    print(f"{label} {result.aggregate_id}  tenant {result.tenant_id}")
+    print(f"business time (event_at): {when}")
+    print(
+        f"lake time (Delta commit): {lake_line}: {result.seen_table} version {seen.version}, "
+        f"committed {seen.commit_time.isoformat()}"
+    )
+    if result.deleted:
+        print("DELETED at this business time (the state below is the one the deletion recorded)")
+    print()
+    print(tabulate([[k, _cell(v, 80)] for k, v in result.state.items()], headers=["field", "value"]))
+    event = result.event
+    actor = ", ".join(str(event[c]) for c in event if c.startswith("actor") and event[c] is not None)
+    print()
+    print(
+        f"produced by: {event['event_name']} at {_cell(event['event_at'])}"
+        + (f" by {actor}" if actor else "")
+        + f" (event {event['event_id']})"
+    )
+    print()
+    print(f"trail: {len(result.trail)} events up to this business time, oldest first")
+    columns = list(result.trail[0]) if result.trail else []
+    print(tabulate([[_cell(r.get(c), 40) for c in columns] for r in result.trail], headers=columns))
 
 
 def cmd_status(args, settings) -> int:
@@ -286,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(func=cmd_eventstore_generate)
 
-    sync = sub.add_parser("sync", help="sync raw_events and build the current tables (Spark)")
+    sync = sub.add_parser("sync", help="sync raw_events and build the history and current tables (Spark)")
     sync.add_argument("--format", choices=["table", "json"], default="table")
     sync.set_defaults(func=cmd_sync)
 
@@ -305,6 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--to", dest="to_day", type=_day, help="last day, YYYY-MM-DD (inclusive)")
     rec.add_argument("--format", choices=["table", "json"], default="table")
     rec.set_defaults(func=cmd_reconcile)
+
+    vac = sub.add_parser(
+        "vacuum",
+        help="delete files no version within the retention policy needs; never below the policy (Spark)",
+        description="Sets every table's log and deleted-file retention to the policy ([lake] retention_days), "
+        "then runs Delta's VACUUM. A retention below the policy is refused before anything is touched.",
+    )
+    vac.add_argument(
+        "--table", action="append", metavar="NAME", help="vacuum only this table (repeatable; default all)"
+    )
+    vac.add_argument(
+        "--retain-days",
+        type=_not_negative,
+        metavar="DAYS",
+        help="keep removed files this many days (default and minimum: the retention policy)",
+    )
+    vac.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    vac.add_argument("--format", choices=["table", "json"], default="table")
+    vac.set_defaults(func=cmd_vacuum)
 
     read = sub.add_parser("read", help="read a table now, at a version or as of a lake time")
     read.add_argument("table")
@@ -325,6 +440,25 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("table")
     history.add_argument("--format", choices=["table", "json"], default="table")
     history.set_defaults(func=cmd_history)
+
+    aud = sub.add_parser(
+        "audit",
+        help="an aggregate's state at a business time, the event that produced it and its trail (no Spark)",
+        description="Answers from <kind>_history; every lookup is appended to the _audit_log table. "
+        "Exit 3 when the aggregate is not found.",
+    )
+    aud.add_argument("kind", help="aggregate kind, e.g. patient or Patient")
+    aud.add_argument("aggregate_id")
+    aud.add_argument(
+        "--as-of", help="business time (event_at), default now; ISO 8601, naive times in the configured zone"
+    )
+    aud.add_argument(
+        "--as-seen-at", help="lake time (Delta commit time): answer from the lake as it was then; default now"
+    )
+    aud.add_argument("--tenant", help="bind the lookup to one tenant; another tenant's aggregate is not found")
+    aud.add_argument("--asked-by", help="who asks, for the access log (default LAKEHOUSE_AUDITOR, else the OS user)")
+    aud.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    aud.set_defaults(func=cmd_audit)
 
     stat = sub.add_parser("status", help="settings, reachability, counts, cursor, lag, versions")
     stat.add_argument("--format", choices=["table", "json"], default="table")

@@ -27,3 +27,7 @@ class VersionNotFoundError(LakehouseError):
 
 class ConcurrentSyncError(LakehouseError):
     """Another run advanced the cursor while this one was working; nothing was written."""
+
+
+class DataFilesMissingError(LakehouseError):
+    """A version's log is there but one of its data files is gone (vacuumed or removed by hand)."""

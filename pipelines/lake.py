@@ -9,16 +9,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from pipelines.errors import (
     BeforeHistoryError,
+    DataFilesMissingError,
     LakehouseError,
     TableNotFoundError,
     VersionNotFoundError,
 )
 from pipelines.settings import Settings
 from pipelines.tables import storage_options, table_uri, valid_table_name
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pa_dataset
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,79 @@ def open_table(settings: Settings, name: str, version: int | None = None):
                 "(its log or files may be past the retention period)"
             ) from None
     return table
+
+
+# How a missing data file shows: deltalake (object_store), on a local disk and on S3 alike, raises
+# FileNotFoundError("Object at location <path or key> not found ..."); Spark raises
+# "[FAILED_READ_FILE.FILE_NOT_EXIST] Encountered error while reading file <uri>. File does not exist"
+# caused by "java.io.FileNotFoundException: File <uri> does not exist".
+_MISSING_FILE = re.compile(
+    r"Object at location (?P<object>\S+) not found"
+    r"|FILE_NOT_EXIST\].*?reading file (?P<spark>\S+?)\.?(?:\s|$)"
+    r"|FileNotFoundException: File (?P<hadoop>\S+) does not exist"
+)
+
+
+def missing_files_error(name: str, version: int, exc: BaseException) -> DataFilesMissingError | None:
+    """The error for a read of `version` that failed because one of its data files is gone, else None.
+
+    Works for deltalake/pyarrow scans (local and S3) and for Spark reads. A version whose files were
+    deleted (a VACUUM outside this tool, files removed by hand) must fail, never answer with the rows
+    of the files that are left.
+    """
+    match = _MISSING_FILE.search(str(exc))
+    if match is not None:
+        location = next(group for group in match.groups() if group)
+    elif isinstance(exc, FileNotFoundError) and exc.filename:
+        location = str(exc.filename)
+    else:
+        return None
+    # The file relative to the table's root (partition directory and name): the same locally and on S3.
+    relative = re.search(rf"(?:^|/){re.escape(name)}/(.+)$", location)
+    data_file = relative.group(1) if relative else location
+    return DataFilesMissingError(
+        f"table {name} version {version} cannot be read: its data file {data_file} is missing "
+        "(deleted by a VACUUM below the retention policy or removed by hand); no rows were returned"
+    )
+
+
+def to_arrow(
+    name: str,
+    version: int,
+    dataset: pa_dataset.Dataset,
+    filter: pc.Expression | None = None,
+    columns: list[str] | None = None,
+    limit: int | None = None,
+) -> tuple[pa.Table, int]:
+    """Rows of one table version through pyarrow, and how many rows match in all.
+
+    Every data file of the version is opened (counting reads each file's footer), so a missing file
+    fails the read even when the rows shown would come from files that are still there.
+
+    Args:
+        dataset: the version as deltalake gives it (`open_table(...).to_pyarrow_dataset()`).
+        filter: a pyarrow expression rows must match.
+        columns: only these columns (default all).
+        limit: at most this many rows (None: all).
+    Returns:
+        (rows, total rows matching the filter).
+    Raises:
+        DataFilesMissingError naming the table, the version and the missing file.
+    """
+    try:
+        if filter is None:
+            total = dataset.count_rows()
+            rows = dataset.head(limit, columns=columns) if limit is not None else dataset.to_table(columns=columns)
+        else:
+            rows = dataset.to_table(filter=filter, columns=columns)
+            total = rows.num_rows
+            rows = rows.slice(0, limit) if limit is not None else rows
+    except Exception as exc:
+        error = missing_files_error(name, version, exc)
+        if error is None:
+            raise
+        raise error from None
+    return rows, total
 
 
 def delta_version(settings: Settings, name: str) -> int | None:

@@ -77,13 +77,8 @@ def read_table(
         else:
             term = pc.field(column).cast(pa.string()) == pa.scalar(value)
         expression = term if expression is None else expression & term
-    rows = dataset.to_table(filter=expression) if expression is not None else None
-    if rows is None:
-        total = dataset.count_rows()
-        rows = dataset.head(limit) if limit is not None else dataset.to_table()
-    else:
-        total = rows.num_rows
-        rows = rows.slice(0, limit) if limit is not None else rows
+    # A version whose data files are gone fails here, naming the version and the file.
+    rows, total = lake.to_arrow(table, point.version, dataset, filter=expression, limit=limit)
     return ReadResult(table, point, rows, total)
 
 
@@ -103,7 +98,9 @@ def table_history(settings: Settings, table: str) -> list[dict[str, Any]]:
 
 
 def _count_rows(settings: Settings, table: str) -> int:
-    return lake.open_table(settings, table).to_pyarrow_dataset().count_rows()
+    delta = lake.open_table(settings, table)
+    _, total = lake.to_arrow(table, delta.version(), delta.to_pyarrow_dataset(), limit=0)
+    return total
 
 
 def status(settings: Settings) -> dict[str, Any]:

@@ -58,6 +58,8 @@ class Settings:
     lookback_seconds: int
     kinds: tuple[str, ...]
     deleted_event_suffixes: tuple[str, ...]
+    # (column, dotted path in event_payload): who did it, as columns of the silver tables.
+    actor_fields: tuple[tuple[str, str], ...]
     sync_cron: str
     spark_master: str
     spark_driver_memory: str
@@ -142,6 +144,21 @@ def _as_bool(value: Any, name: str) -> bool:
     if text in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+DEFAULT_ACTOR_FIELDS = {"actor_id": "actor.user_id", "actor_name": "actor.name", "actor_role": "actor.role"}
+_COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _actor_fields(raw: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError('[aggregates.actor] must map column names to paths, e.g. actor_id = "actor.user_id"')
+    fields = []
+    for column, path in raw.items():
+        if not _COLUMN.match(str(column)) or not str(path).strip():
+            raise ConfigError(f"[aggregates.actor] {column} = {path!r}: a lower-case column name and a dotted path")
+        fields.append((str(column), str(path).strip()))
+    return tuple(fields)
 
 
 def _require(raw: dict[str, Any], section: str, key: str, origin: str) -> Any:
@@ -246,6 +263,7 @@ def load_settings(
         lookback_seconds=lookback_seconds,
         kinds=tuple(aggregates.get("kinds", ())),
         deleted_event_suffixes=tuple(aggregates.get("deleted_event_suffixes", ("Deleted",))),
+        actor_fields=_actor_fields(aggregates.get("actor", DEFAULT_ACTOR_FIELDS)),
         sync_cron=str(raw.get("dagster", {}).get("sync_cron", "*/15 * * * *")),
         spark_master=str(spark.get("master", "local[2]")),
         spark_driver_memory=str(spark.get("driver_memory", "2g")),

@@ -12,11 +12,32 @@ from pipelines.settings import Settings
 
 RAW_EVENTS = "raw_events"
 CURRENT_SUFFIX = "_current"
+HISTORY_SUFFIX = "_history"
+# Append-only log of audit lookups (written without a JVM, see pipelines/audit.py).
+AUDIT_LOG = "_audit_log"
 # Delta idempotent-write application ids: the cursor of each writer lives in the Delta log.
 SYNC_APP_ID_PREFIX = "lakehouse-sync:"
+# The raw_events version a silver table (<kind>_history, <kind>_current) has consumed.
 CURRENT_APP_ID = "lakehouse-current"
 
-_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# The lake's own bookkeeping tables start with an underscore (_audit_log).
+# Columns of every event row in the silver tables, before who did it and the snapshot's own fields.
+EVENT_COLUMNS = (
+    "source",
+    "tenant_id",
+    "aggregate_id",
+    "aggregate_kind",
+    "event_id",
+    "event_name",
+    "event_at",
+    "tx_id",
+)
+# <kind>_history: one row per event; valid_from is the event's event_at, valid_to the next one's.
+HISTORY_EXTRA_COLUMNS = ("valid_from", "valid_to", "is_deleted", "event_payload", "aggregate_snapshot")
+# <kind>_current: one row per aggregate.
+CURRENT_EXTRA_COLUMNS = ("is_deleted", "aggregate_snapshot")
+
+_TABLE_NAME = re.compile(r"^_?[a-z][a-z0-9_]*$")
 
 
 def snake_case(name: str) -> str:
@@ -29,6 +50,10 @@ def snake_case(name: str) -> str:
 
 def current_table_name(kind: str) -> str:
     return snake_case(kind) + CURRENT_SUFFIX
+
+
+def history_table_name(kind: str) -> str:
+    return snake_case(kind) + HISTORY_SUFFIX
 
 
 def sync_app_id(settings: Settings) -> str:

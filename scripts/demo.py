@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def main() -> int:
     step(f"event store: {first_batch} pharmacy events")
     lakehouse("eventstore", "generate", "--events", first_batch, "--tenants", "5", "--seed", "42")
 
-    step("Dagster: materialize raw_events and the current-state tables (run 1)")
+    step("Dagster: materialize raw_events and the history and current tables (run 1)")
     materialize()
     first_run_done = datetime.now(UTC)
     time.sleep(1.1)
@@ -106,9 +106,21 @@ def main() -> int:
         ).stdout
         print(out.splitlines()[0])
 
+    changed_at = None
+    if newest:
+        changed_at = datetime.fromisoformat(str(newest["event_at"]).replace("Z", "+00:00"))
+        before = (changed_at - timedelta(seconds=1)).isoformat()
+        step(f"audit: patient {newest['aggregate_id']} one second before its address changed (business time)")
+        lakehouse("audit", "patient", newest["aggregate_id"], "--as-of", before, "--asked-by", "demo")
+        step("audit: the same patient now, as the lake knew it at the end of run 1 (lake time)")
+        lakehouse("audit", "patient", newest["aggregate_id"], "--as-seen-at", as_of, "--asked-by", "demo")
+
     step("status")
     lakehouse("status")
     ui_port = os.environ.get("UI_PORT", "3000")
+    if newest and changed_at:
+        later = (changed_at + timedelta(days=1)).date().isoformat()
+        print(f"\nTry: .venv/bin/lakehouse audit patient {newest['aggregate_id']} --as-of {later} --json")
     print(f"\nNext: .venv/bin/lakehouse --help, make ui (Dagster on http://127.0.0.1:{ui_port}), make stop")
     return 0
 

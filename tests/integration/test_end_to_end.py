@@ -11,14 +11,20 @@ import psycopg
 import pytest
 from dagster import DagsterInstance, materialize
 
-from dagster_project.assets import build_current_asset, raw_events
+from dagster_project.assets import build_silver_asset, raw_events
 from dagster_project.resources import PostgresResource, SparkResource, WarehouseResource
 from pipelines import lake
+from pipelines.audit import access_log, audit
 from pipelines.eventstore.generate import generate_events
 from pipelines.read import read_table
-from pipelines.tables import RAW_EVENTS, current_table_name
+from pipelines.tables import RAW_EVENTS, current_table_name, history_table_name
 from tests.conftest import make_settings
 
+VALID_TO = """
+    SELECT event_id::text, aggregate_kind, aggregate_snapshot,
+           lead(event_at) OVER (PARTITION BY tenant_id, aggregate_id ORDER BY event_at, tx_id, event_id)
+    FROM eventstore.events
+"""
 LATEST_SNAPSHOTS = """
     SELECT DISTINCT ON (tenant_id, aggregate_id)
            aggregate_kind, tenant_id::text, aggregate_id::text, event_id::text, event_name,
@@ -41,12 +47,28 @@ def run_dagster(settings, store, warehouse: str, profile: str):
         )
     }
     result = materialize(
-        [raw_events, build_current_asset(settings)],
+        [raw_events, build_silver_asset(settings)],
         resources=resources,
         instance=DagsterInstance.ephemeral(),
     )
     assert result.success
     return result
+
+
+def assert_history_equals_store(settings, store) -> None:
+    """Every event is one history row with its snapshot, and valid_to is the next event's event_at."""
+    with psycopg.connect(store.admin_dsn) as conn:
+        expected = {r[0]: r[1:] for r in conn.execute(VALID_TO)}
+    for kind in ("Patient", "Prescription", "Dispensing", "MedicationGuidance"):
+        rows = read_table(settings, history_table_name(kind), limit=None).rows.to_pylist()
+        assert len(rows) == sum(1 for v in expected.values() if v[0] == kind), f"{kind}: one history row per event"
+        for row in rows:
+            store_kind, snapshot, valid_to = expected[row["event_id"]]
+            assert store_kind == kind
+            assert row["valid_to"] == valid_to
+            assert row["valid_from"] == row["event_at"]
+            assert json.loads(row["aggregate_snapshot"]) == snapshot
+            assert row["actor_id"] is not None
 
 
 def assert_lake_equals_store(settings, store) -> None:
@@ -62,6 +84,7 @@ def assert_lake_equals_store(settings, store) -> None:
     for kind, tenant, aggregate, event_id, event_name, snapshot in latest:
         by_kind.setdefault(kind, {})[(tenant, aggregate)] = (event_id, event_name, snapshot)
     assert set(by_kind) == {"Patient", "Prescription", "Dispensing", "MedicationGuidance"}
+    assert_history_equals_store(settings, store)
     for kind, expected in by_kind.items():
         current = read_table(settings, current_table_name(kind), limit=None).rows.to_pylist()
         assert len(current) == len(expected), f"{kind}: one row per aggregate"
@@ -117,8 +140,15 @@ def test_generate_materialize_and_time_travel(kind, new_store, spark, request):
     # Tables carry the retention policy and in-commit timestamps.
     properties = lake.open_table(settings, RAW_EVENTS).metadata().configuration
     assert properties["delta.enableInCommitTimestamps"] == "true"
-    assert properties["delta.logRetentionDuration"] == "interval 1825 days"
-    assert properties["delta.deletedFileRetentionDuration"] == "interval 1825 days"
+    assert properties["delta.logRetentionDuration"] == "interval 1827 days"
+    assert properties["delta.deletedFileRetentionDuration"] == "interval 1827 days"
     assert properties["delta.appendOnly"] == "true"
     current_properties = lake.open_table(settings, "patient_current").metadata().configuration
-    assert current_properties["delta.logRetentionDuration"] == "interval 1825 days"
+    assert current_properties["delta.logRetentionDuration"] == "interval 1827 days"
+
+    # An audit lookup answers from the history table and is logged (on S3 too, without a JVM).
+    patient = read_table(settings, "patient_current", limit=1).rows.to_pylist()[0]
+    answer = audit(settings, "Patient", patient["aggregate_id"], asked_by="e2e")
+    assert answer.event["event_id"] == patient["event_id"]
+    assert answer.tenant_id == patient["tenant_id"]
+    assert [(r["asked_by"], r["outcome"]) for r in access_log(settings)] == [("e2e", "found")]

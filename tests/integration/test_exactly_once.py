@@ -360,7 +360,7 @@ def test_s3_endpoint_stopped_mid_run(new_store, spark, s3_proxy):
 def test_failing_reconciliation_blocks_downstream_fc11(new_store, spark, local_warehouse):
     from dagster import DagsterInstance, materialize
 
-    from dagster_project.assets import build_current_asset, raw_events, raw_events_matches_store
+    from dagster_project.assets import build_silver_asset, raw_events, raw_events_matches_store
     from dagster_project.resources import PostgresResource, SparkResource, WarehouseResource
 
     store = new_store()
@@ -371,10 +371,10 @@ def test_failing_reconciliation_blocks_downstream_fc11(new_store, spark, local_w
             postgres=PostgresResource(dsn=store.dsn), warehouse=WarehouseResource(root=local_warehouse)
         )
     }
-    assets = [raw_events, build_current_asset(settings), raw_events_matches_store]
+    assets = [raw_events, build_silver_asset(settings), raw_events_matches_store]
     first = materialize(assets, resources=resources, instance=DagsterInstance.ephemeral())
     assert first.success
-    [evaluation] = first.get_asset_check_evaluations()
+    [evaluation] = [e for e in first.get_asset_check_evaluations() if e.check_name == "matches_event_store"]
     assert evaluation.passed and evaluation.metadata["lake_events"].value == 400
 
     victim = _delete_one_lake_row(spark, settings)
@@ -383,7 +383,7 @@ def test_failing_reconciliation_blocks_downstream_fc11(new_store, spark, local_w
     assert not second.success
     materialized = {e.asset_key.path[-1] for e in second.get_asset_materialization_events()}
     assert materialized == {"raw_events"}, "downstream assets must not run after a failed blocking check"
-    [evaluation] = second.get_asset_check_evaluations()
+    [evaluation] = [e for e in second.get_asset_check_evaluations() if e.check_name == "matches_event_store"]
     assert not evaluation.passed
     [day] = evaluation.metadata["mismatched_days"].value
     assert day["missing_ids"] == [victim["event_id"]]

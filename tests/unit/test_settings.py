@@ -16,7 +16,7 @@ def test_profile_then_environment_wins():
     assert settings.warehouse == "/data/lake"
     assert settings.timezone == "Europe/Berlin"
     assert settings.pg_dsn == "postgresql://lakehouse_pipeline@127.0.0.1:55432/lakehouse"
-    assert settings.retention_days == 1825
+    assert settings.retention_days == 1827
     assert settings.jar_dir == Path("/tmp/cache/jars")
 
 
