@@ -37,6 +37,7 @@ from pipelines.tables import (
 from pipelines.transform import (
     aligned_to,
     current_columns,
+    dedupe_events,
     drift_checks,
     drift_conflicts,
     event_rows,
@@ -264,7 +265,8 @@ def build_silver(spark, settings: Settings) -> list[SilverResult]:
     if start > raw_version:
         return [r for k in settings.kinds for r in all_unchanged(k)]
 
-    changes = _read_changes(spark, settings, start, raw_version).persist(StorageLevel.MEMORY_AND_DISK)
+    changes = dedupe_events(_read_changes(spark, settings, start, raw_version))
+    changes = changes.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         found = {r[0] for r in changes.select("aggregate_kind").distinct().collect()}
         results: list[SilverResult] = []

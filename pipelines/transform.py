@@ -26,6 +26,16 @@ def event_order() -> list[Column]:
     ]
 
 
+def dedupe_events(changes: DataFrame) -> DataFrame:
+    """One row per (source, event_id): the copy from the newest _commit_version.
+
+    raw_events never holds an event twice, but its change feed can insert one twice: a row removed
+    by hand and put back by a repair shows up as two inserts in one window of versions.
+    """
+    newest = Window.partitionBy("source", "event_id").orderBy(F.col("_commit_version").desc())
+    return changes.withColumn("_copy", F.row_number().over(newest)).where(F.col("_copy") == 1).drop("_copy")
+
+
 def latest_per_aggregate(events: DataFrame) -> DataFrame:
     """One row per (tenant_id, aggregate_id): its last event by event_order()."""
     newest_first = [c.desc() for c in (F.col("event_at"), F.coalesce("tx_id", F.lit(0)), F.col("source"))]

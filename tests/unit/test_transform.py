@@ -15,6 +15,7 @@ from pyspark.sql.types import (
 from pipelines.drift import SnapshotColumn, plan_columns
 from pipelines.transform import (
     aligned_to,
+    dedupe_events,
     drift_checks,
     drift_conflicts,
     history_changes,
@@ -72,6 +73,25 @@ def test_latest_per_aggregate_is_out_of_order_safe_and_deterministic(spark):
         EVENTS,
     )
     assert_df_equality(latest_per_aggregate(events), expected, ignore_row_order=True)
+
+
+def test_dedupe_events_keeps_the_newest_commit_of_a_reinserted_event(spark):
+    schema = "source string, event_id string, event_name string, _commit_version long"
+    changes = spark.createDataFrame(
+        [
+            ("s", "e1", "PatientRegistered", 1),
+            # removed by hand, then put back by a repair: a second insert in the change feed
+            ("s", "e1", "PatientRegistered", 7),
+            # the same id in another source is another event
+            ("other", "e1", "PatientRegistered", 2),
+            ("s", "e2", None, 3),
+        ],
+        schema,
+    )
+    expected = spark.createDataFrame(
+        [("s", "e1", "PatientRegistered", 7), ("other", "e1", "PatientRegistered", 2), ("s", "e2", None, 3)], schema
+    )
+    assert_df_equality(dedupe_events(changes), expected, ignore_row_order=True)
 
 
 def test_deleted_flag_follows_configured_suffixes(spark):
