@@ -15,7 +15,7 @@ export LAKEHOUSE_PG_DSN := postgresql://lakehouse_pipeline@127.0.0.1:$(LAKEHOUSE
 export LAKEHOUSE_PG_ADMIN_DSN ?= postgresql://postgres@127.0.0.1:$(LAKEHOUSE_PG_PORT)/lakehouse
 endif
 
-.PHONY: help setup jars pg-start stop demo test stress ui lint clean
+.PHONY: help setup jars pg-start stop demo test stress bench ui lint clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ test: setup ## the whole test suite (starts PostgreSQL and a moto S3 server itse
 stress: setup ## the stress tests at full length (STRESS_ROUNDS=50 crash rounds); make test runs 3
 	scripts/pg.sh start
 	LAKEHOUSE_STRESS_ROUNDS=$(or $(STRESS_ROUNDS),50) $(BIN)/pytest -m stress $(PYTEST_ARGS)
+
+bench: setup ## benchmarks side by side, printed as a table; JSON under bench/results/ (runs the demo first if the lake is empty)
+	$(if $(LOCAL_PG),scripts/pg.sh start)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ui: setup ## Dagster UI and daemon on http://127.0.0.1:$(UI_PORT) (schedules tick)
 	$(if $(LOCAL_PG),scripts/pg.sh start)

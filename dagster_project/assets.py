@@ -19,8 +19,9 @@ from dagster_project.resources import SparkResource
 from pipelines.load import guarantee, sync_raw_events
 from pipelines.reconcile import reconcile
 from pipelines.settings import Settings
-from pipelines.silver import build_silver, recorded_conflicts
-from pipelines.tables import RAW_EVENTS, current_table_name, history_table_name, table_path
+from pipelines.silver import recorded_conflicts
+from pipelines.sync import build_and_record
+from pipelines.tables import RAW_EVENTS, SNAPSHOTS, current_table_name, history_table_name, table_path
 
 GROUP = "lakehouse"
 
@@ -113,10 +114,19 @@ def silver_specs(settings: Settings) -> list[AssetSpec]:
         tables.append(
             (current_table_name(kind), f"Latest state of every {kind} aggregate (snapshot fields as columns).")
         )
-    return [
+    specs = [
         AssetSpec(key=AssetKey(name), deps=[RAW_EVENTS], group_name=GROUP, kinds={"delta", "spark"}, description=text)
         for name, text in tables
     ]
+    snapshot = AssetSpec(
+        key=AssetKey(SNAPSHOTS),
+        deps=[RAW_EVENTS, *(spec.key for spec in specs)],
+        group_name=GROUP,
+        kinds={"delta", "spark"},
+        description="One row per completed run: the Delta version of every table it left behind "
+        "(consistent snapshots across tables).",
+    )
+    return [*specs, snapshot]
 
 
 def silver_check_specs(settings: Settings) -> list[AssetCheckSpec]:
@@ -143,6 +153,18 @@ def _silver_metadata(settings: Settings, result) -> dict:
     }
 
 
+def _snapshot_metadata(settings: Settings, snapshot) -> dict:
+    if snapshot is None:
+        return {"recorded": False}
+    return {
+        "sequence": snapshot.sequence,
+        "completed_at": snapshot.completed_at.isoformat(),
+        "delta_version": snapshot.snapshots_version,
+        "tables": MetadataValue.json(dict(sorted(snapshot.tables.items()))),
+        "table": MetadataValue.path(table_path(settings, SNAPSHOTS)),
+    }
+
+
 def build_silver_asset(settings: Settings):
     """One multi-asset for all history and current tables: they are built from one read of raw_events."""
 
@@ -154,7 +176,8 @@ def build_silver_asset(settings: Settings):
     )
     def silver_tables(context: AssetExecutionContext, spark: SparkResource):
         run_settings = spark.settings
-        results = build_silver(spark.session(), run_settings)
+        # The snapshot is recorded last, after every table write of the run has committed.
+        results, snapshot = build_and_record(spark.session(), run_settings, context.run_id, "dagster")
         declared = {t for k in settings.kinds for t in (history_table_name(k), current_table_name(k))}
         checked = {history_table_name(k) for k in settings.kinds}
         for result in results:
@@ -168,6 +191,7 @@ def build_silver_asset(settings: Settings):
         built = {r.table for r in results}
         for name in sorted(declared - built):
             yield MaterializeResult(asset_key=AssetKey(name), metadata={"rows_changed": 0})
+        yield MaterializeResult(asset_key=AssetKey(SNAPSHOTS), metadata=_snapshot_metadata(run_settings, snapshot))
         by_table = {r.table: r for r in results}
         for name in sorted(checked):
             result = by_table.get(name)

@@ -11,9 +11,9 @@ import sys
 from datetime import date, datetime
 from typing import Any
 
-from pipelines.errors import LakehouseError
-from pipelines.eventstore import one_line
+from pipelines.errors import LakehouseError, one_line
 from pipelines.settings import load_settings
+from pipelines.tables import RAW_EVENTS, SNAPSHOTS
 
 log = logging.getLogger("lakehouse")
 
@@ -149,6 +149,8 @@ def _report_run(result, fmt: str, lines: list[str]) -> int:
                 "the raw JSON is kept in aggregate_snapshot",
                 file=sys.stderr,
             )
+    if result.snapshot is not None:
+        print(f"{SNAPSHOTS}: {result.snapshot.describe()}")
     return 0
 
 
@@ -235,11 +237,27 @@ def cmd_vacuum(args, settings) -> int:
     return 0
 
 
+def cmd_optimize(args, settings) -> int:
+    from pipelines.maintenance import optimize, select_tables
+
+    select_tables(settings, args.table)  # unknown tables are refused before Spark starts
+    results = _with_spark(settings, "lakehouse-optimize", lambda spark: optimize(spark, settings, tables=args.table))
+    _print_rows(results, args.format)
+    return 0
+
+
 def cmd_read(args, settings) -> int:
     from pipelines.read import parse_where, read_table
 
     result = read_table(
-        settings, args.table, as_of=args.as_of, version=args.version, limit=args.limit, where=parse_where(args.where)
+        settings,
+        args.table,
+        as_of=args.as_of,
+        version=args.version,
+        snapshot_at=args.snapshot_at,
+        limit=args.limit,
+        where=parse_where(args.where),
+        tenant=args.tenant,
     )
     rows = result.rows
     if args.columns:
@@ -250,6 +268,56 @@ def cmd_read(args, settings) -> int:
         rows = rows.select(wanted)
     print(result.describe(), file=sys.stderr if args.format != "table" else sys.stdout)
     _print_rows(rows.to_pylist(), args.format, rows.column_names)
+    return 0
+
+
+def cmd_snapshot(args, settings) -> int:
+    from pipelines.snapshots import list_snapshots, read_snapshot
+
+    if args.all:
+        rows = [
+            {
+                "sequence": snap.sequence,
+                "completed_at": snap.completed_at.isoformat(),
+                "run_kind": snap.run_kind,
+                "run_id": snap.run_id,
+                "tables": len(snap.tables),
+                "raw_events": snap.tables.get(RAW_EVENTS),
+            }
+            for snap in list_snapshots(settings)
+        ]
+        _print_rows(rows, args.format)
+        return 0
+    snapshot = read_snapshot(settings, at=args.at)
+    if args.format == "json":
+        print(json.dumps(snapshot.as_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(snapshot.describe())
+    _print_rows([{"table": t, "version": v} for t, v in sorted(snapshot.tables.items())], "table")
+    return 0
+
+
+def cmd_sql(args, settings) -> int:
+    from pipelines.views import pinned_versions, run_sql
+
+    # A snapshot or time that does not exist is refused before Spark starts.
+    pinned_versions(settings, snapshot_at=args.snapshot_at, as_of=args.as_of)
+
+    def work(spark):
+        frame, pinned = run_sql(
+            spark, settings, args.query, snapshot_at=args.snapshot_at, as_of=args.as_of, tenant=args.tenant
+        )
+        shown = frame.limit(args.limit + 1).collect() if args.limit is not None else frame.collect()
+        return frame.columns, [row.asDict(recursive=True) for row in shown], pinned
+
+    columns, rows, pinned = _with_spark(settings, "lakehouse-sql", work)
+    more = args.limit is not None and len(rows) > args.limit
+    rows = rows[: args.limit] if more else rows
+    note = f"{pinned.describe()}; {len(rows)} row{'' if len(rows) == 1 else 's'}" + (
+        f" shown (more than {args.limit}: raise --limit)" if more else ""
+    )
+    print(note, file=sys.stderr if args.format != "table" else sys.stdout)
+    _print_rows(rows, args.format, columns)
     return 0
 
 
@@ -353,6 +421,15 @@ def cmd_status(args, settings) -> int:
     return 0 if report["store_reachable"] and report["warehouse_reachable"] else 1
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lakehouse-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakehouse",
@@ -362,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", help="configuration profile (conf/<profile>.toml); default LAKEHOUSE_PROFILE or local"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     store = sub.add_parser("eventstore", help="the event store: create it, fill it")
@@ -421,6 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
     vac.add_argument("--format", choices=["table", "json"], default="table")
     vac.set_defaults(func=cmd_vacuum)
 
+    opt = sub.add_parser(
+        "optimize",
+        help="compact small files and lay tables out by tenant and aggregate for fast lookups (Spark)",
+        description="History and current tables are rewritten sorted by (tenant_id, aggregate_id) in files of "
+        "about [lake] layout_file_mb; raw_events gets OPTIMIZE ZORDER BY (tenant_id, aggregate_id). "
+        "Rows and time travel are unchanged.",
+    )
+    opt.add_argument("--table", action="append", metavar="NAME", help="only this table (repeatable; default all)")
+    opt.add_argument("--format", choices=["table", "json"], default="table")
+    opt.set_defaults(func=cmd_optimize)
+
     read = sub.add_parser("read", help="read a table now, at a version or as of a lake time")
     read.add_argument("table")
     when = read.add_mutually_exclusive_group()
@@ -428,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", help="lake time (Delta commit time); ISO 8601; naive times are read in the configured zone"
     )
     when.add_argument("--version", type=int, help="Delta version")
+    when.add_argument(
+        "--snapshot-at",
+        metavar="T",
+        help="the version of the consistent snapshot of the last run completed at or before lake time T",
+    )
+    read.add_argument("--tenant", help="only this tenant's rows (a table without tenant_id is refused)")
     read.add_argument("--limit", type=_not_negative, default=20, help="rows to show (default 20)")
     read.add_argument(
         "--where", action="append", metavar="COLUMN=VALUE", help="keep rows whose column equals the value (repeatable)"
@@ -435,6 +530,33 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--columns", help="comma-separated columns to show (default all)")
     read.add_argument("--format", choices=["table", "json", "csv"], default="table")
     read.set_defaults(func=cmd_read)
+
+    snap = sub.add_parser(
+        "snapshot",
+        help="the tables and versions of the last complete run (a consistent snapshot), now or at a lake time",
+        description="Every completed run records the Delta version of every table it left behind in _snapshots; "
+        "a run that failed half-way records nothing.",
+    )
+    snap.add_argument("--at", metavar="T", help="lake time (Delta commit time), ISO 8601; default now")
+    snap.add_argument("--all", action="store_true", help="list every recorded snapshot instead, newest first")
+    snap.add_argument("--format", choices=["table", "json"], default="table")
+    snap.set_defaults(func=cmd_snapshot)
+
+    sql = sub.add_parser(
+        "sql",
+        help="one Spark SQL query over the tables as views pinned to one snapshot (Spark)",
+        description="Every table is a view pinned to the consistent snapshot of the last complete run (default: "
+        "the latest; --snapshot-at T: the last one completed at or before lake time T), or with --as-of T to "
+        "each table's own version at lake time T. Queries only: commands and writes are refused.",
+    )
+    sql.add_argument("query", help='for example "SELECT count(*) FROM raw_events"')
+    pin = sql.add_mutually_exclusive_group()
+    pin.add_argument("--snapshot-at", metavar="T", help="lake time of the consistent snapshot (default: the latest)")
+    pin.add_argument("--as-of", metavar="T", help="per-table time travel to lake time T (not a consistent snapshot)")
+    sql.add_argument("--tenant", help="bind the query to one tenant: views hold only its rows, nothing else is read")
+    sql.add_argument("--limit", type=_not_negative, default=100, help="rows to show (default 100)")
+    sql.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    sql.set_defaults(func=cmd_sql)
 
     history = sub.add_parser("history", help="a table's versions with commit times and rows added")
     history.add_argument("table")

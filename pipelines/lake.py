@@ -210,6 +210,18 @@ def commits(settings: Settings, name: str) -> list[Commit]:
     return sorted(result, key=lambda c: c.version, reverse=True)
 
 
+def commit_of_run(settings: Settings, name: str, run_id: str, newest: int = 20) -> Commit | None:
+    """The commit a run made, among the table's newest ones (by run_id in its userMetadata), or None.
+
+    Delta silently skips a write whose idempotent-transaction version is not above the recorded one,
+    so a writer looks for its own commit afterwards to know whether it wrote.
+    """
+    for commit in commits(settings, name)[:newest]:
+        if (commit.user_metadata or {}).get("run_id") == run_id:
+            return commit
+    return None
+
+
 _OFFSET_RE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipelines import extract
 from pipelines.errors import ConcurrentSyncError, ConfigError
-from pipelines.lake import check_warehouse, commits, delta_version, transaction_version
+from pipelines.lake import check_warehouse, commit_of_run, delta_version, transaction_version
 from pipelines.settings import Settings
 from pipelines.spark import commit_options, is_conflict, retry_on_conflict
 from pipelines.tables import RAW_EVENTS, sync_app_id, table_path, table_properties
@@ -197,16 +197,8 @@ def _merge_insert_only(spark, settings: Settings, frame, app_id: str | None, cur
             target.alias("t").merge(frame.alias("s"), condition).whenNotMatchedInsertAll().execute()
 
     retry_on_conflict(merge, "raw_events merge")
-    commit = _commit_of_run(settings, metadata["run_id"])
+    commit = commit_of_run(settings, RAW_EVENTS, metadata["run_id"])
     return (commit.rows_added or 0, commit.version) if commit else (0, None)
-
-
-def _commit_of_run(settings: Settings, run_id: str):
-    """This run's commit among the newest ones of raw_events, or None if it made none."""
-    for commit in commits(settings, RAW_EVENTS)[:20]:
-        if (commit.user_metadata or {}).get("run_id") == run_id:
-            return commit
-    return None
 
 
 def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> SyncResult:
@@ -320,7 +312,7 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
                 cursor_after = cursor_before  # nothing new: Delta made no commit, the cursor stays
         else:
             _append(spark, settings, frame, cursor_after, metadata)
-            commit = _commit_of_run(settings, run_id)
+            commit = commit_of_run(settings, RAW_EVENTS, run_id)
             if commit is None:
                 raise ConcurrentSyncError("another sync committed raw_events first; nothing was written by this run")
             added, version = commit.rows_added or 0, commit.version

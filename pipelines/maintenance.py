@@ -12,6 +12,7 @@ write.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from pipelines import lake
@@ -190,3 +191,98 @@ def vacuum(
         log.info("vacuum %s", result)
         results.append(result)
     return results
+
+
+# Point lookups filter on the aggregate, tenant-scoped readers on the tenant: files laid out in this
+# order hold one tenant each and a contiguous range of its aggregates, so file statistics let both
+# skip most files.
+LAYOUT_COLUMNS = ("tenant_id", "aggregate_id")
+
+
+def _table_facts(spark, path: str) -> tuple[int, int, list[str], dict]:
+    from delta.tables import DeltaTable
+
+    detail = DeltaTable.forPath(spark, path).detail().first()
+    return int(detail["numFiles"]), int(detail["sizeInBytes"]), list(detail["partitionColumns"]), detail["properties"]
+
+
+def optimize(spark, settings: Settings, tables: list[str] | None = None) -> list[dict[str, Any]]:
+    """Compact small files and lay every table out for lookups by tenant and aggregate.
+
+    - <kind>_history and <kind>_current are rewritten sorted by (tenant_id, aggregate_id) in
+      files of about `[lake] layout_file_mb`, as a rearrangement (dataChange=false): the same rows,
+      no change-feed entries, every earlier version still readable by time travel.
+    - raw_events and other append-only tables (which refuse any rewrite) get Delta's
+      `OPTIMIZE ... ZORDER BY (tenant_id, aggregate_id)`, within each month partition.
+    - Bookkeeping tables without those columns (_snapshots) get a plain OPTIMIZE (compaction).
+    A concurrent writer's commit makes the rewrite retry from the new version; nothing is lost.
+
+    Returns:
+        Per table: table, how (sorted | zorder | compact), files_before, files_after, delta_version.
+    """
+    from pyspark.sql import functions as F
+
+    from pipelines.tables import is_served
+
+    results = []
+    for name in select_tables(settings, tables):
+        path = table_path(settings, name)
+        files_before, size, partitions, properties = _table_facts(spark, path)
+        columns = set(spark.read.format("delta").load(path).columns)
+        has_layout_columns = set(LAYOUT_COLUMNS) <= columns
+        append_only = (properties or {}).get("delta.appendOnly") == "true"
+        if has_layout_columns and is_served(name) and not append_only and not partitions:
+            how = "sorted"
+            target = settings.layout_file_mb * 1024 * 1024
+            files = max(1, math.ceil(size / target))
+
+            def rewrite(path=path, files=files) -> None:
+                frame = spark.read.format("delta").load(path)
+                (
+                    frame.repartitionByRange(files, *(F.col(c) for c in LAYOUT_COLUMNS))
+                    .sortWithinPartitions(*LAYOUT_COLUMNS)
+                    .write.format("delta")
+                    .mode("overwrite")
+                    .option("dataChange", "false")
+                    .save(path)
+                )
+
+            retry_on_conflict(rewrite, f"laying out {name}")
+        elif has_layout_columns:
+            how = "zorder"
+            statement = f"OPTIMIZE delta.`{path}` ZORDER BY ({', '.join(LAYOUT_COLUMNS)})"
+            retry_on_conflict(lambda statement=statement: spark.sql(statement).collect(), f"optimizing {name}")
+        else:
+            how = "compact"
+            statement = f"OPTIMIZE delta.`{path}`"
+            retry_on_conflict(lambda statement=statement: spark.sql(statement).collect(), f"compacting {name}")
+        files_after, _, _, _ = _table_facts(spark, path)
+        version = lake.delta_version(settings, name)
+        log.info("optimize %s (%s): %d files -> %d, version %s", name, how, files_before, files_after, version)
+        results.append(
+            {
+                "table": name,
+                "how": how,
+                "files_before": files_before,
+                "files_after": files_after,
+                "delta_version": version,
+            }
+        )
+    return results
+
+
+def lookup_files(settings: Settings, name: str, version: int | None = None, **equals: str) -> tuple[int, int]:
+    """(files a lookup with these column values must open, files of the version): the layout, measured.
+
+    Uses the file statistics in the Delta log, as every JVM-free read does.
+    """
+    import pyarrow.compute as pc
+
+    dataset = lake.open_table(settings, name, version=version).to_pyarrow_dataset()
+    condition = None
+    for column, value in equals.items():
+        term = pc.field(column) == value
+        condition = term if condition is None else condition & term
+    total = sum(1 for _ in dataset.get_fragments())
+    matching = total if condition is None else sum(1 for _ in dataset.get_fragments(filter=condition))
+    return matching, total

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import lake
-from pipelines.errors import LakehouseError, TableNotFoundError
+from pipelines.errors import LakehouseError, TableNotFoundError, TenantScopeError
 from pipelines.settings import Settings
-from pipelines.tables import CURRENT_APP_ID, RAW_EVENTS, sync_app_id
+from pipelines.snapshots import Snapshot, read_snapshot
+from pipelines.tables import CURRENT_APP_ID, RAW_EVENTS, TENANT_COLUMN, sync_app_id
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +25,21 @@ class ReadResult:
     point: lake.PointInTime
     rows: pa.Table
     total_rows: int
+    snapshot: Snapshot | None = None  # the consistent snapshot the version was taken from
+    tenant: str | None = None
 
     def describe(self) -> str:
         """One line that says which version was read and which clock and zone were used."""
         text = (
             f"{self.table} at version {self.point.version} (committed {self.point.commit_time.isoformat()}, lake time)"
         )
-        if self.point.requested is not None:
+        if self.snapshot is not None:
+            text += f"; from {self.snapshot.describe()}"
+        elif self.point.requested is not None:
             zone = f"naive time read in {self.point.zone_used}" if self.point.zone_used else "offset given"
             text += f"; as of {self.point.requested} = {self.point.requested_utc.isoformat()} ({zone})"
+        if self.tenant is not None:
+            text += f"; tenant {self.tenant} only"
         return text + f"; {self.total_rows} rows match, {self.rows.num_rows} shown"
 
 
@@ -53,8 +61,10 @@ def read_table(
     version: int | None = None,
     limit: int | None = 20,
     where: list[tuple[str, str]] | None = None,
+    snapshot_at: str | datetime | None = None,
+    tenant: str | None = None,
 ) -> ReadResult:
-    """A table as it was at a version or lake time (default: now).
+    """A table as it was at a version or lake time (default: now), without a JVM.
 
     Args:
         as_of: lake time; with an offset it is honoured exactly, naive it is read in the
@@ -62,11 +72,29 @@ def read_table(
         version: a Delta version (instead of as_of).
         limit: at most this many rows (None: all).
         where: equality filters (column, value), compared as text.
+        snapshot_at: read the version of the consistent snapshot of the last run completed at or
+            before this lake time (pipelines.snapshots), instead of as_of or version.
+        tenant: only this tenant's rows, whatever the filters say; a table without tenant_id is
+            refused.
     """
+    snapshot = None
+    if snapshot_at is not None:
+        if as_of is not None or version is not None:
+            raise LakehouseError("give one of a snapshot time, an as-of time or a version")
+        snapshot = read_snapshot(settings, at=snapshot_at)
+        if table not in snapshot.tables:
+            raise TableNotFoundError(
+                f"{table} is not in snapshot {snapshot.sequence} (tables: {', '.join(sorted(snapshot.tables))})"
+            )
+        version = snapshot.tables[table]
     point = lake.resolve(settings, table, as_of=as_of, version=version)
     delta = lake.open_table(settings, table, version=point.version)
     dataset = delta.to_pyarrow_dataset()
     expression = None
+    if tenant is not None:
+        if TENANT_COLUMN not in dataset.schema.names:
+            raise TenantScopeError(f"{table} has no {TENANT_COLUMN} column: a tenant-scoped reader cannot read it")
+        expression = pc.field(TENANT_COLUMN) == pa.scalar(tenant)
     for column, value in where or []:
         if column not in dataset.schema.names:
             raise LakehouseError(f"{table} has no column {column!r} (columns: {', '.join(dataset.schema.names)})")
@@ -79,7 +107,7 @@ def read_table(
         expression = term if expression is None else expression & term
     # A version whose data files are gone fails here, naming the version and the file.
     rows, total = lake.to_arrow(table, point.version, dataset, filter=expression, limit=limit)
-    return ReadResult(table, point, rows, total)
+    return ReadResult(table, point, rows, total, snapshot, tenant)
 
 
 def table_history(settings: Settings, table: str) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ class Settings:
     warehouse: str
     timezone: str
     retention_days: int
+    layout_file_mb: float
     source_name: str
     source_schema: str
     source_table: str
@@ -161,6 +162,16 @@ def _actor_fields(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(fields)
 
 
+def _positive_number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if not number > 0:
+        raise ConfigError(f"{name} must be above 0, not {value!r}")
+    return number
+
+
 def _require(raw: dict[str, Any], section: str, key: str, origin: str) -> Any:
     try:
         return raw[section][key]
@@ -254,6 +265,7 @@ def load_settings(
         warehouse=warehouse,
         timezone=timezone,
         retention_days=retention_days,
+        layout_file_mb=_positive_number(raw["lake"].get("layout_file_mb", 64), "[lake] layout_file_mb"),
         source_name=str(source.get("name", "eventstore")),
         source_schema=str(source.get("schema", "eventstore")),
         source_table=str(source.get("table", "events")),

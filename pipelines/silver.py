@@ -80,6 +80,8 @@ class SilverResult:
     raw_version_after: int | None
     added_columns: tuple[str, ...] = ()
     conflicts: tuple[dict, ...] = field(default_factory=tuple)
+    # The raw_events version the build brought every table up to (what a snapshot pairs them with).
+    raw_events_version: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -234,13 +236,15 @@ def _conflicts(typed, plan: ColumnPlan, inferred) -> list[Conflict]:
     return result
 
 
-def build_silver(spark, settings: Settings) -> list[SilverResult]:
+def build_silver(spark, settings: Settings, run_id: str | None = None) -> list[SilverResult]:
     """Bring every <kind>_history and <kind>_current up to date with raw_events.
 
     All kinds are built from one read of the change feed: the configured ones and every kind found
     in the events (a new kind gets its tables without a code change). Every run reads from the
     oldest cursor of the existing tables, so together the runs cover every raw_events version.
 
+    Args:
+        run_id: recorded in the metadata of every commit the build makes.
     Returns:
         Per kind, one result for its history table and one for its current table.
     """
@@ -257,7 +261,9 @@ def build_silver(spark, settings: Settings) -> list[SilverResult]:
 
     def unchanged(kind: str, name: str) -> SilverResult:
         cursor = cursors.get(name)
-        return SilverResult(kind, name, 0, 0, delta_version(settings, name), cursor, cursor)
+        return SilverResult(
+            kind, name, 0, 0, delta_version(settings, name), cursor, cursor, raw_events_version=raw_version
+        )
 
     def all_unchanged(kind: str) -> list[SilverResult]:
         return [unchanged(kind, history_table_name(kind)), unchanged(kind, current_table_name(kind))]
@@ -271,7 +277,9 @@ def build_silver(spark, settings: Settings) -> list[SilverResult]:
         found = {r[0] for r in changes.select("aggregate_kind").distinct().collect()}
         results: list[SilverResult] = []
         for kind in sorted(found | set(settings.kinds)):
-            results += _build_kind(spark, settings, kind, changes, cursors, raw_version, kind in found, unchanged)
+            results += _build_kind(
+                spark, settings, kind, changes, cursors, raw_version, kind in found, unchanged, run_id
+            )
         return results
     finally:
         changes.unpersist()
@@ -283,7 +291,7 @@ def _sibling(name: str) -> str:
     return name[: -len(HISTORY_SUFFIX)] + CURRENT_SUFFIX
 
 
-def _build_kind(spark, settings, kind, changes, cursors, raw_version, found, unchanged) -> list[SilverResult]:
+def _build_kind(spark, settings, kind, changes, cursors, raw_version, found, unchanged, run_id) -> list[SilverResult]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -317,6 +325,7 @@ def _build_kind(spark, settings, kind, changes, cursors, raw_version, found, unc
                 conflict.example_event_id,
             )
         meta = {
+            "run_id": run_id,
             "kind": kind,
             "raw_events_version": raw_version,
             "added_columns": [c.name for c in plan.added],
@@ -356,6 +365,7 @@ def _build_kind(spark, settings, kind, changes, cursors, raw_version, found, unc
                     raw_version,
                     added,
                     tuple(c.as_dict() for c in conflicts),
+                    raw_version,
                 )
             )
         return results

@@ -89,6 +89,9 @@ def get_spark(settings: Settings, app_name: str = "lakehouse"):
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
     for key, value in spark_conf(settings).items():
         builder = builder.config(key, value)
+    # PySpark logs every failed analysis as a page of JSON at ERROR; the library reports such
+    # errors itself, in one line.
+    logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
     log.info("starting Spark (%s)", settings.spark_master)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
@@ -120,8 +123,14 @@ def commit_options(spark, app_id: str | None = None, version: int | None = None,
                 spark.conf.unset(key)
 
 
+class WriteConflict(Exception):
+    """A writer found that another one committed first; retry_on_conflict tries again."""
+
+
 def is_conflict(exc: BaseException) -> bool:
     """A Delta optimistic-concurrency conflict (another writer committed first)."""
+    if isinstance(exc, WriteConflict):
+        return True
     text = f"{type(exc).__name__} {exc}"
     return any(
         marker in text

@@ -15,6 +15,10 @@ CURRENT_SUFFIX = "_current"
 HISTORY_SUFFIX = "_history"
 # Append-only log of audit lookups (written without a JVM, see pipelines/audit.py).
 AUDIT_LOG = "_audit_log"
+# One row per completed run: the version of every table the lake serves (pipelines/snapshots.py).
+SNAPSHOTS = "_snapshots"
+# Its idempotent-write application id; the transaction version is the snapshot's sequence number.
+SNAPSHOT_APP_ID = "lakehouse-snapshot"
 # Delta idempotent-write application ids: the cursor of each writer lives in the Delta log.
 SYNC_APP_ID_PREFIX = "lakehouse-sync:"
 # The raw_events version a silver table (<kind>_history, <kind>_current) has consumed.
@@ -36,6 +40,9 @@ EVENT_COLUMNS = (
 HISTORY_EXTRA_COLUMNS = ("valid_from", "valid_to", "is_deleted", "event_payload", "aggregate_snapshot")
 # <kind>_current: one row per aggregate.
 CURRENT_EXTRA_COLUMNS = ("is_deleted", "aggregate_snapshot")
+
+# Every table that holds tenant data keeps this column; tenant-scoped readers filter on it.
+TENANT_COLUMN = "tenant_id"
 
 _TABLE_NAME = re.compile(r"^_?[a-z][a-z0-9_]*$")
 
@@ -61,6 +68,11 @@ def sync_app_id(settings: Settings) -> str:
     if settings.cursor_mode == "lookback":
         return f"lakehouse-sync-lookback:{settings.source_name}"
     return SYNC_APP_ID_PREFIX + settings.source_name
+
+
+def is_served(name: str) -> bool:
+    """A table the lake serves to readers (and records in every snapshot): bronze and silver."""
+    return name == RAW_EVENTS or name.endswith((CURRENT_SUFFIX, HISTORY_SUFFIX))
 
 
 def valid_table_name(name: str) -> bool:

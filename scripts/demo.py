@@ -115,6 +115,14 @@ def main() -> int:
         step("audit: the same patient now, as the lake knew it at the end of run 1 (lake time)")
         lakehouse("audit", "patient", newest["aggregate_id"], "--as-seen-at", as_of, "--asked-by", "demo")
 
+    step("consistent snapshots: one per completed run, with the Delta version of every table")
+    lakehouse("snapshot", "--all")
+
+    step(f"Spark SQL over every table pinned to the snapshot of run 1 (--snapshot-at {as_of})")
+    lakehouse(
+        "sql", "SELECT count(*) AS events, count(DISTINCT tenant_id) AS tenants FROM raw_events", "--snapshot-at", as_of
+    )
+
     step("status")
     lakehouse("status")
     ui_port = os.environ.get("UI_PORT", "3000")

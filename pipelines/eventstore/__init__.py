@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
 
-from pipelines.errors import SourceError
+from pipelines.errors import SourceError, one_line  # noqa: F401  (one_line: re-exported)
 from pipelines.settings import mask_dsn
 
 log = logging.getLogger(__name__)
@@ -41,12 +40,6 @@ def connect(dsn: str, **kwargs) -> psycopg.Connection:
         return psycopg.connect(dsn, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         raise SourceError(f"PostgreSQL unreachable at {mask_dsn(dsn)}: {one_line(exc)}") from None
-
-
-def one_line(exc: BaseException | str) -> str:
-    """A driver's multi-line error message (colour codes, arrows and all) as one plain line."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).replace("↳", " ")
-    return " ".join(text.split()) or type(exc).__name__
 
 
 def init_eventstore(admin_dsn: str) -> list[str]:

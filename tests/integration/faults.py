@@ -23,6 +23,8 @@ from pipelines.tables import RAW_EVENTS
 PROJECT = Path(__file__).resolve().parents[2]
 LAKEHOUSE = str(Path(sys.executable).parent / "lakehouse")
 TENANT = "00000000-0000-4000-8000-000000000001"
+TENANT_A = "00000000-0000-4000-8000-00000000000a"
+TENANT_B = "00000000-0000-4000-8000-00000000000b"
 
 
 def write_event(conn: psycopg.Connection, event_at: datetime, event_id: str | None = None, tenant: str = TENANT) -> str:
@@ -44,6 +46,29 @@ def write_event(conn: psycopg.Connection, event_at: datetime, event_id: str | No
         ),
     )
     conn.execute("RESET ROLE")
+    return event_id
+
+
+def put(conn, kind, aggregate_id, name, at, snapshot, actor="u-1", tenant: str = TENANT_A, event_id=None) -> str:
+    """One event written the way a product writes it (role eventstore_app, its tenant), committed."""
+    event_id = event_id or str(uuid.uuid4())
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE eventstore_app")
+        conn.execute("SELECT set_config('app.current_tenant_id', %s, true)", (tenant,))
+        conn.execute(
+            "INSERT INTO eventstore.events (event_id, tenant_id, aggregate_kind, aggregate_id, event_name,"
+            " event_payload, aggregate_snapshot, event_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                event_id,
+                tenant,
+                kind,
+                aggregate_id,
+                name,
+                json.dumps({"actor": {"user_id": actor, "name": f"薬剤師 {actor}", "role": "pharmacist"}}),
+                json.dumps(snapshot, ensure_ascii=False),
+                datetime.fromisoformat(at),
+            ),
+        )
     return event_id
 
 
