@@ -13,6 +13,7 @@ answer is returned; a lookup that cannot be logged fails. No JVM: deltalake and 
 from __future__ import annotations
 
 import json
+import re
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,11 +29,14 @@ from pipelines.tables import (
     AUDIT_LOG,
     EVENT_COLUMNS,
     HISTORY_EXTRA_COLUMNS,
+    canonical_uuid,
     history_table_name,
     snake_case,
     storage_options,
     table_uri,
 )
+
+_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 class AggregateNotFoundError(LakehouseError):
@@ -132,6 +136,11 @@ def lookup(
     Raises:
         AggregateNotFoundError: unknown aggregate (for that tenant), or no state yet at as_of.
     """
+    if not _KIND.match(kind or ""):
+        raise LakehouseError(f"an aggregate kind is a name such as patient or MedicationGuidance, not {kind!r}")
+    aggregate_id = canonical_uuid(aggregate_id, "an aggregate id")
+    if tenant is not None:
+        tenant = canonical_uuid(tenant, "a tenant id")
     table = history_table_name(kind)
     label = snake_case(kind)
     try:

@@ -264,7 +264,9 @@ def cmd_read(args, settings) -> int:
         wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
         unknown = [c for c in wanted if c not in rows.column_names]
         if unknown:
-            raise LakehouseError(f"{args.table} has no column {', '.join(unknown)}")
+            raise LakehouseError(
+                f"{args.table} has no column {', '.join(unknown)} (columns: {', '.join(rows.column_names)})"
+            )
         rows = rows.select(wanted)
     print(result.describe(), file=sys.stderr if args.format != "table" else sys.stdout)
     _print_rows(rows.to_pylist(), args.format, rows.column_names)
@@ -298,9 +300,14 @@ def cmd_snapshot(args, settings) -> int:
 
 
 def cmd_sql(args, settings) -> int:
-    from pipelines.views import pinned_versions, run_sql
+    from pipelines.tables import canonical_uuid
+    from pipelines.views import check_query, pinned_versions, run_sql
 
-    # A snapshot or time that does not exist is refused before Spark starts.
+    # A query that is not one, a tenant id that is not one, and a snapshot or time that does not
+    # exist are refused before Spark starts.
+    check_query(args.query)
+    if args.tenant is not None:
+        canonical_uuid(args.tenant, "a tenant id")
     pinned_versions(settings, snapshot_at=args.snapshot_at, as_of=args.as_of)
 
     def work(spark):
@@ -537,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every completed run records the Delta version of every table it left behind in _snapshots; "
         "a run that failed half-way records nothing.",
     )
-    snap.add_argument("--at", metavar="T", help="lake time (Delta commit time), ISO 8601; default now")
-    snap.add_argument("--all", action="store_true", help="list every recorded snapshot instead, newest first")
+    which = snap.add_mutually_exclusive_group()
+    which.add_argument("--at", metavar="T", help="lake time (Delta commit time), ISO 8601; default now")
+    which.add_argument("--all", action="store_true", help="list every recorded snapshot instead, newest first")
     snap.add_argument("--format", choices=["table", "json"], default="table")
     snap.set_defaults(func=cmd_snapshot)
 

@@ -59,7 +59,11 @@ def open_table(settings: Settings, name: str, version: int | None = None):
     try:
         table = DeltaTable(uri, storage_options=storage_options(settings) or None)
     except DeltaTableNotFound:
-        raise TableNotFoundError(f"table {name} does not exist in {settings.warehouse} (run a sync first)") from None
+        try:
+            present = ", ".join(list_tables(settings)) or "none: run a sync first"
+        except Exception:  # the warehouse itself is unreachable: say only what was asked
+            present = "run a sync first"
+        raise TableNotFoundError(f"table {name} does not exist in {settings.warehouse} (tables: {present})") from None
     except OSError as exc:
         raise LakehouseError(f"warehouse {settings.warehouse} unreachable: {exc}") from None
     except Exception as exc:  # deltalake wraps object-store failures in its own error types
@@ -177,7 +181,8 @@ def _commit_time(info: dict) -> datetime:
 
 def _rows_added(info: dict) -> int | None:
     metrics = info.get("operationMetrics") or {}
-    for key in ("numOutputRows", "numTargetRowsInserted", "num_added_rows"):
+    # A MERGE's numOutputRows counts every row of the files it rewrote; what it added is its inserts.
+    for key in ("numTargetRowsInserted", "numOutputRows", "num_added_rows"):
         if key in metrics:
             try:
                 return int(metrics[key])

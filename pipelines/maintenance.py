@@ -214,7 +214,7 @@ def optimize(spark, settings: Settings, tables: list[str] | None = None) -> list
       no change-feed entries, every earlier version still readable by time travel.
     - raw_events and other append-only tables (which refuse any rewrite) get Delta's
       `OPTIMIZE ... ZORDER BY (tenant_id, aggregate_id)`, within each month partition.
-    - Bookkeeping tables without those columns (_snapshots) get a plain OPTIMIZE (compaction).
+    - The lake's own tables (_snapshots, _audit_log) get a plain OPTIMIZE (compaction).
     A concurrent writer's commit makes the rewrite retry from the new version; nothing is lost.
 
     Returns:
@@ -222,7 +222,7 @@ def optimize(spark, settings: Settings, tables: list[str] | None = None) -> list
     """
     from pyspark.sql import functions as F
 
-    from pipelines.tables import is_served
+    from pipelines.tables import is_bookkeeping, is_served
 
     results = []
     for name in select_tables(settings, tables):
@@ -248,7 +248,7 @@ def optimize(spark, settings: Settings, tables: list[str] | None = None) -> list
                 )
 
             retry_on_conflict(rewrite, f"laying out {name}")
-        elif has_layout_columns:
+        elif has_layout_columns and not is_bookkeeping(name):
             how = "zorder"
             statement = f"OPTIMIZE delta.`{path}` ZORDER BY ({', '.join(LAYOUT_COLUMNS)})"
             retry_on_conflict(lambda statement=statement: spark.sql(statement).collect(), f"optimizing {name}")

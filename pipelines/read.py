@@ -14,7 +14,14 @@ from pipelines import lake
 from pipelines.errors import LakehouseError, TableNotFoundError, TenantScopeError
 from pipelines.settings import Settings
 from pipelines.snapshots import Snapshot, read_snapshot
-from pipelines.tables import CURRENT_APP_ID, RAW_EVENTS, TENANT_COLUMN, sync_app_id
+from pipelines.tables import (
+    CURRENT_APP_ID,
+    RAW_EVENTS,
+    TENANT_COLUMN,
+    canonical_uuid,
+    is_bookkeeping,
+    sync_app_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,10 @@ def read_table(
         tenant: only this tenant's rows, whatever the filters say; a table without tenant_id is
             refused.
     """
+    if tenant is not None:
+        tenant = canonical_uuid(tenant, "a tenant id")
+        if is_bookkeeping(table):
+            raise TenantScopeError(f"{table} is one of the lake's own tables: a tenant-scoped reader cannot read it")
     snapshot = None
     if snapshot_at is not None:
         if as_of is not None or version is not None:

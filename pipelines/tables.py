@@ -47,6 +47,24 @@ TENANT_COLUMN = "tenant_id"
 _TABLE_NAME = re.compile(r"^_?[a-z][a-z0-9_]*$")
 
 
+def canonical_uuid(value: str, what: str) -> str:
+    """A tenant or aggregate id as the lake stores it (lower-case UUID text); anything else is refused."""
+    import uuid
+
+    from pipelines.errors import LakehouseError
+
+    text = (value or "").strip()
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise LakehouseError(f"{what} must be a UUID (as in the event store), not {value!r}") from None
+
+
+def is_bookkeeping(name: str) -> bool:
+    """The lake's own tables (_snapshots, _audit_log): never visible to a tenant-bound reader."""
+    return name.startswith("_")
+
+
 def snake_case(name: str) -> str:
     """PatientRegistered -> patient_registered; medication-guidance -> medication_guidance."""
     text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name.strip())

@@ -14,6 +14,7 @@ from pipelines.audit import AuditResult, audit, lookup
 from pipelines.errors import LakehouseError
 from pipelines.read import ReadResult, parse_where, read_table
 from pipelines.settings import Settings
+from pipelines.tables import canonical_uuid
 
 
 class TenantReader:
@@ -23,7 +24,7 @@ class TenantReader:
         if not tenant or not tenant.strip():
             raise LakehouseError("a tenant-scoped reader needs a tenant id")
         self.settings = settings
-        self.tenant = tenant.strip()
+        self.tenant = canonical_uuid(tenant, "a tenant id")
 
     def read(
         self,

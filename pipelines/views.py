@@ -15,6 +15,7 @@ served by one Spark application never share views.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +23,7 @@ from pipelines import lake
 from pipelines.errors import BeforeHistoryError, LakehouseError, TenantScopeError
 from pipelines.settings import Settings
 from pipelines.snapshots import Snapshot, read_snapshot
-from pipelines.tables import TENANT_COLUMN, table_path
+from pipelines.tables import TENANT_COLUMN, canonical_uuid, table_path
 
 # Leaves of a plan that read no table: literals, range(), CTE references (their definitions are
 # checked where they stand).
@@ -93,6 +94,8 @@ def register_views(
     """
     from pyspark.sql import functions as F
 
+    if tenant is not None:
+        tenant = canonical_uuid(tenant, "a tenant id")
     pinned = pinned_versions(settings, snapshot_at=snapshot_at, as_of=as_of)
     registered: dict[str, int] = {}
     for name, version in sorted(pinned.tables.items()):
@@ -129,21 +132,21 @@ def run_sql(
     """
     from pyspark.errors import AnalysisException, ParseException
 
+    text = check_query(query)
+    if tenant is not None:
+        tenant = canonical_uuid(tenant, "a tenant id")
     session = spark.newSession()
     pinned = register_views(session, settings, snapshot_at=snapshot_at, as_of=as_of, tenant=tenant)
-    text = query.strip().rstrip(";").strip()
-    if not text:
-        raise LakehouseError("empty query")
     # As a subquery the text can only be a query: SET, DROP, INSERT and the like do not parse there.
     # (spark.sql runs commands at once, before any plan could be checked.)
     wrapped = f"SELECT * FROM (\n{text}\n) AS lakehouse_query"
     try:
         frame = session.sql(wrapped)
     except ParseException as exc:
-        raise LakehouseError(f"not one query (SELECT ... or WITH ... SELECT): {_first_line(exc)}") from None
+        raise LakehouseError(f"not one query (SELECT ... or WITH ... SELECT): {_spark_message(exc)}") from None
     except AnalysisException as exc:
         tables = ", ".join(sorted(pinned.tables)) or "none"
-        raise LakehouseError(f"the query does not resolve: {_first_line(exc)} (views: {tables})") from None
+        raise LakehouseError(f"the query does not resolve: {_spark_message(exc)} (views: {tables})") from None
     if tenant is not None:
         reason = _outside_views(frame._jdf.queryExecution().analyzed(), set(pinned.tables))
         if reason is not None:
@@ -164,7 +167,7 @@ def _outside_views(plan, allowed: set[str]) -> str | None:
         return f"the view {view.unquotedString()}"
     children = plan.children()
     if children.size() == 0 and name not in _DATA_FREE_LEAVES:
-        return f"a {name} ({_first_line(plan.simpleString(1))[:200]})"
+        return "files or a table directly" if name in _DIRECT_READS else f"data through a {name}"
     for index in range(children.size()):
         reason = _outside_views(children.apply(index), allowed)
         if reason is not None:
@@ -175,6 +178,30 @@ def _outside_views(plan, allowed: set[str]) -> str | None:
         if reason is not None:
             return reason
     return None
+
+
+# Leaves that read files or catalog tables directly (delta.`path`, parquet.`path`, read_files ...).
+_DIRECT_READS = {"LogicalRelation", "DataSourceV2Relation", "HiveTableRelation", "StreamingRelation"}
+_QUERY_START = re.compile(r"^(select|with|from|values|table|\()", re.IGNORECASE)
+_LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)*", re.DOTALL)
+
+
+def check_query(query: str) -> str:
+    """The query text without a trailing semicolon; refused (before Spark starts) unless it is a query."""
+    text = (query or "").strip().rstrip(";").strip()
+    body = _LEADING_COMMENTS.sub("", text, count=1)
+    if not body:
+        raise LakehouseError("empty query: give one SELECT ... or WITH ... SELECT statement")
+    if not _QUERY_START.match(body):
+        word = body.split(None, 1)[0]
+        raise LakehouseError(f"only queries are run (SELECT ... or WITH ... SELECT), not {word.upper()} ...")
+    return text
+
+
+def _spark_message(exc) -> str:
+    """Spark's error in one line, without positions in the wrapped text the user never wrote."""
+    text = re.sub(r"\s*\(line \d+, pos \d+\)", "", _first_line(exc))
+    return re.sub(r"\s*SQLSTATE: \w+\.?", "", text).strip()
 
 
 def _first_line(value) -> str:

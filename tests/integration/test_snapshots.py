@@ -18,7 +18,7 @@ from pipelines.read import read_table
 from pipelines.snapshots import NoSnapshotError, list_snapshots, read_snapshot, record_snapshot
 from pipelines.sync import run_sync
 from pipelines.tables import RAW_EVENTS, SNAPSHOTS, current_table_name, history_table_name
-from pipelines.views import register_views, run_sql
+from pipelines.views import check_query, register_views, run_sql
 from tests.conftest import make_settings
 from tests.integration.faults import LAKEHOUSE, TENANT_A, TENANT_B, cli_env, put
 
@@ -97,6 +97,9 @@ def test_every_run_records_the_versions_of_every_served_table(two_runs):
         assert second.tables[name] == lake.delta_version(two_runs.settings, name)
     assert consistent(two_runs.settings, first.tables) and consistent(two_runs.settings, second.tables)
     assert [s.sequence for s in list_snapshots(two_runs.settings)] == [2, 1]
+    # The second run added three patients: `lakehouse history` counts a MERGE's inserts, not its output.
+    for name in ("patient_history", "patient_current"):
+        assert lake.commits(two_runs.settings, name)[0].rows_added == 3, name
 
 
 def test_read_snapshot_by_lake_time(two_runs):
@@ -191,8 +194,10 @@ def test_sql_views_pinned_to_a_snapshot_or_a_lake_time(two_runs, spark):
         snapshot_at=first.completed_at,
     )
     assert joined.first()["n"] == 10
-    with pytest.raises(LakehouseError, match="not one query"):
+    with pytest.raises(LakehouseError, match="only queries are run"):
         run_sql(spark, settings, "DROP VIEW raw_events")
+    with pytest.raises(LakehouseError, match="not one query"):
+        run_sql(spark, settings, "SELECT 1; DROP VIEW raw_events")
     with pytest.raises(LakehouseError, match="does not resolve"):
         run_sql(spark, settings, "SELECT * FROM no_such_table")
     # run_sql works in a session of its own: the caller's catalog is untouched.
@@ -259,3 +264,25 @@ def test_a_run_overtaken_by_a_later_one_records_no_mixed_snapshot(two_runs, spar
     assert record_snapshot(spark, settings, "overtaken-run", "sync", stale) is None
     assert [s.sequence for s in list_snapshots(settings)] == before
     assert read_snapshot(settings).run_id == two_runs.second.snapshot.run_id
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("", "empty query"),
+        ("  ;  ", "empty query"),
+        ("-- just a comment", "empty query"),
+        ("DROP TABLE raw_events", "only queries are run .* not DROP"),
+        ("set spark.sql.ansi.enabled=false", "only queries are run .* not SET"),
+        ("INSERT INTO raw_events SELECT * FROM raw_events", "only queries are run .* not INSERT"),
+        ("/* note */ DELETE FROM raw_events", "only queries are run .* not DELETE"),
+    ],
+)
+def test_only_queries_are_accepted_before_spark_starts(query, message):
+    with pytest.raises(LakehouseError, match=message):
+        check_query(query)
+
+
+def test_queries_pass_the_check_as_written():
+    assert check_query("  -- count\nSELECT 1;") == "-- count\nSELECT 1"
+    assert check_query("with x AS (SELECT 1) SELECT * FROM x") == "with x AS (SELECT 1) SELECT * FROM x"

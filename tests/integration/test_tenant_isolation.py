@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.audit import AggregateNotFoundError
-from pipelines.errors import TenantScopeError
+from pipelines.errors import LakehouseError, TenantScopeError
 from pipelines.eventstore.generate import generate_events
 from pipelines.sync import run_sync
 from pipelines.tables import table_path
@@ -178,5 +178,18 @@ def test_another_tenants_aggregate_is_not_found(tenant_lake):
         TenantReader(tenant_lake.settings, first).lookup("patient", tenant_lake.aggregates[second])
     with pytest.raises(AggregateNotFoundError):
         TenantReader(tenant_lake.settings, str(uuid.uuid4())).lookup("patient", tenant_lake.aggregates[first])
-    with pytest.raises(TenantScopeError, match="no tenant_id column"):
+    with pytest.raises(TenantScopeError, match="lake.s own tables"):
         TenantReader(tenant_lake.settings, first).read("_snapshots")
+
+
+def test_tenant_ids_are_checked_and_compared_as_the_store_writes_them(tenant_lake):
+    tenant = tenant_lake.tenants[0]
+    lower = TenantReader(tenant_lake.settings, tenant).read("patient_current")
+    upper = TenantReader(tenant_lake.settings, tenant.upper()).read("patient_current")
+    assert upper.total_rows == lower.total_rows == tenant_lake.truth[(tenant, "patient_current")]
+    for bad in ("", "   ", "nonsense", tenant[:-1]):
+        with pytest.raises(LakehouseError):
+            TenantReader(tenant_lake.settings, bad)
+    # The lake's own tables are not a tenant's, even where they have a tenant_id column.
+    with pytest.raises(TenantScopeError, match="lake's own tables"):
+        TenantReader(tenant_lake.settings, tenant).read("_audit_log")
