@@ -140,7 +140,7 @@ def record_snapshot(
         return None
     path = ensure_snapshots_table(spark, settings)
 
-    def attempt() -> None:
+    def attempt() -> Snapshot:
         # Recomputed on every attempt: after a conflict the other run's row is the previous one.
         sequence = (lake.transaction_version(settings, SNAPSHOTS, SNAPSHOT_APP_ID) or 0) + 1
         tables = served_versions(settings, raw_version)
@@ -165,15 +165,16 @@ def record_snapshot(
             # Delta skipped the write: another run took this sequence number between our read and
             # our commit. Record again with the next one.
             raise WriteConflict(f"another run recorded snapshot {sequence} first")
+        # What was written, as read_snapshot would read it back (completion: the commit's own time).
+        return Snapshot(sequence, run_id, run_kind, mine.timestamp, mine.version, tables, cursor)
 
     try:
-        retry_on_conflict(attempt, f"recording the {SNAPSHOTS} row", attempts=10)
+        snapshot = retry_on_conflict(attempt, f"recording the {SNAPSHOTS} row", attempts=10)
     except OvertakenError as exc:
         # Only with two runs at once (the schedule skips while a run is unfinished): recording would
         # pair this run's raw_events with another run's tables. The later run records its own.
         log.warning("%s: no snapshot for run %s: %s", SNAPSHOTS, run_id, exc)
         return None
-    snapshot = read_snapshot(settings)
     log.info(
         "%s: recorded snapshot %d of run %s (%d tables)", SNAPSHOTS, snapshot.sequence, run_id, len(snapshot.tables)
     )
