@@ -31,9 +31,9 @@ setup: $(VENV)/.installed jars $(DAGSTER_HOME)/dagster.yaml ## virtualenv, packa
 jars: ## fetch and verify the Spark jars once (LAKEHOUSE_CACHE overrides ~/.cache/lakehouse)
 	scripts/fetch_jars.sh
 
-$(DAGSTER_HOME)/dagster.yaml:
+$(DAGSTER_HOME)/dagster.yaml: conf/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	cp conf/dagster.yaml $@
 
 pg-start: ## start the local PostgreSQL (127.0.0.1:$LAKEHOUSE_PG_PORT)
 	scripts/pg.sh start

@@ -11,7 +11,7 @@ import sys
 from datetime import date, datetime
 from typing import Any
 
-from pipelines.errors import LakehouseError, one_line
+from pipelines.errors import LakehouseError, failure_line, one_line
 from pipelines.settings import load_settings
 from pipelines.tables import RAW_EVENTS, SNAPSHOTS
 
@@ -610,24 +610,16 @@ def run(argv: list[str] | None = None) -> int:
         print(f"lakehouse: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if not _from_spark(exc):
+        line = failure_line(exc)
+        if line is None:
             raise
         if args.verbose:
             log.exception("full trace")
-        # Spark's own errors carry pages of JVM frames; one line says what failed (-v shows all).
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        first = one_line(first)
-        what = "Spark" if type(exc).__module__.startswith(("pyspark", "py4j", "delta.")) else "the lake"
-        print(f"lakehouse: error: {what} failed: {first[:500]} (run with -v for the full trace)", file=sys.stderr)
+        print(f"lakehouse: error: {line} (run with -v for the full trace)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lakehouse: interrupted", file=sys.stderr)
         return 130
-
-
-def _from_spark(exc: BaseException) -> bool:
-    module = type(exc).__module__ or ""
-    return module.startswith(("pyspark", "py4j", "delta", "deltalake", "botocore", "pyarrow"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,13 +160,26 @@ def read_source_state(settings: Settings, count: bool = True) -> SourceState:
                             settings, role, "the table holds rows by PostgreSQL's statistics, the role sees none"
                         )
                     )
-            # Needs pg_read_all_stats to see other roles' sessions (granted by the reference schema).
-            oldest = conn.execute(
-                "SELECT min(xact_start) FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
-            ).fetchone()[0]
+            oldest = _oldest_open_write(conn)
         except psycopg.Error as exc:
             raise _source_error(settings, exc, "reading the source state") from None
         return SourceState(horizon, int(committed), oldest, int(default_rows))
+
+
+def _oldest_open_write(conn) -> datetime | None:
+    # Needs pg_read_all_stats to see other roles' sessions (granted by the reference schema).
+    return conn.execute(
+        "SELECT min(xact_start) FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+    ).fetchone()[0]
+
+
+def oldest_open_write(settings: Settings) -> datetime | None:
+    """When the oldest write transaction still running on the server began (it holds the horizon back)."""
+    with connect(settings.pg_dsn, autocommit=True) as conn:
+        try:
+            return _oldest_open_write(conn)
+        except psycopg.Error as exc:
+            raise _source_error(settings, exc, "reading open transactions") from None
 
 
 def _estimated_rows(conn, settings: Settings) -> float:
@@ -181,17 +194,33 @@ def _estimated_rows(conn, settings: Settings) -> float:
     )
 
 
-def count_pending(settings: Settings, cursor: int) -> int:
-    """Committed events at or beyond the cursor: what the lake does not hold yet."""
+@dataclass(frozen=True)
+class Pending:
+    """Committed events at or beyond the cursor: what incremental runs have not added yet."""
+
+    events: int
+    newest_event_at: datetime | None
+
+
+def pending(settings: Settings, cursor: int) -> Pending:
+    """How many events lie at or beyond the cursor, and the newest event_at among them (one indexed query)."""
     with connect(settings.pg_dsn, autocommit=True) as conn:
         if settings.cursor_mode == "lookback":
-            query, params = f"SELECT count(*) FROM {_table(settings)} WHERE event_at > %s", (_from_micros(cursor),)
+            where, params = "event_at > %s", (_from_micros(cursor),)
         else:
-            query, params = f"SELECT count(*) FROM {_table(settings)} WHERE tx_id >= %s::text::xid8", (str(cursor),)
+            where, params = "tx_id >= %s::text::xid8", (str(cursor),)
         try:
-            return int(conn.execute(query, params).fetchone()[0])
+            count, newest = conn.execute(
+                f"SELECT count(*), max(event_at) FROM {_table(settings)} WHERE {where}", params
+            ).fetchone()
         except psycopg.Error as exc:
             raise _source_error(settings, exc, "counting pending events") from None
+        return Pending(int(count), newest)
+
+
+def count_pending(settings: Settings, cursor: int) -> int:
+    """Committed events at or beyond the cursor: what the lake does not hold yet."""
+    return pending(settings, cursor).events
 
 
 def _from_micros(micros: int) -> datetime:

@@ -1,16 +1,24 @@
 """Writing raw_events (bronze): every committed event exactly once, never rewritten.
 
-Incremental runs in transaction mode append, and the cursor advances in the same atomic Delta
-commit that adds the rows: the commit carries Delta's idempotent-write transaction
-(appId = lakehouse-sync:<source>, version = the cursor) and the same facts, readable by a person,
-in its userMetadata. The cursor is read back from the Delta log; no side file can disagree with
-the data. A crash before the commit leaves no trace; a crash after it leaves the cursor with the
-rows.
+Every write is an insert-only MERGE on (source, event_id) with the month partitions of the rows in
+the condition, so only touched partitions are read and running anything twice changes nothing.
 
-Every re-read (a repair of a day range, and every run in lookback mode) is merged insert-only on
-(source, event_id) with the partition column in the merge condition, so running it twice changes
-nothing. An event id the store holds twice (its key includes event_at) is written once: the first
-copy the pipeline reads wins, the earliest event_at within one read; the run reports the ids.
+Incremental runs (transaction mode) read the transactions between the cursor and the horizon, and
+the cursor advances in the same atomic Delta commit that adds the rows: the commit carries Delta's
+idempotent-write transaction (appId = lakehouse-sync:<source>, version = the cursor) and the same
+facts, readable by a person, in its userMetadata. The cursor is read back from the Delta log; no
+side file can disagree with the data. A crash before the commit leaves no trace; a crash after it
+leaves the cursor with the rows. Below the cursor every row is in the lake already, so an
+incremental MERGE looks only at lake rows at or above it (files whose tx_id statistics lie below
+are skipped): normally none, unless a backfill re-synced days ahead of the cursor.
+
+A backfill (re-sync of a day range, the repair path) reads every committed event of those days,
+whatever the cursor, and inserts the ones the lake lacks; it never moves the cursor. Because both
+writers are MERGEs reading the partitions they write, Delta detects a concurrent commit into the
+same months and the loser retries against the new state: neither can duplicate the other's rows.
+
+An event id the store holds twice (its key includes event_at) is written once: the first copy the
+pipeline reads wins, the earliest event_at within one read; the run reports the ids.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ class SyncResult:
     run_id: str
     duplicate_event_ids: list[str] = field(default_factory=list)
     default_partition_rows: int = 0
+    events_per_day: dict[str, int] = field(default_factory=dict)  # events read, per day in the zone
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +91,12 @@ class RepairResult:
     delta_version: int | None
     run_id: str
     duplicate_event_ids: list[str] = field(default_factory=list)
+    cursor: int = 0  # the incremental cursor, which a repair never moves
+    horizon: int = 0  # every transaction below it was read (transaction mode)
+    events_per_day: dict[str, int] = field(default_factory=dict)  # events read, per day in the zone
+    store_events: int = 0
+    default_partition_rows: int = 0
+    seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -174,22 +189,41 @@ def _without_duplicates(spark, settings: Settings, frame, staging: Path):
     return kept, dup_ids
 
 
-def _merge_insert_only(spark, settings: Settings, frame, app_id: str | None, cursor: int | None, metadata: dict):
+def _merge_insert_only(
+    spark,
+    settings: Settings,
+    frame,
+    app_id: str | None,
+    cursor: int | None,
+    metadata: dict,
+    ahead_of: int | None = None,
+):
     """MERGE frame into raw_events, inserting only event ids the touched partitions lack.
 
     The months present in frame are named in the condition, so only those partitions are read.
-    Conflicts with a concurrent writer are retried (the merge is idempotent). Returns
-    (rows inserted, new version or None when nothing was committed).
+    With ahead_of (an incremental run's cursor before it), only lake rows whose tx_id is at or
+    above it are compared: every row below came from earlier incremental runs of lower
+    transactions, so none of them can repeat a row of this range. Conflicts with a concurrent
+    writer are retried (the merge is idempotent; the staged frame reads the same files again).
+    Returns (rows inserted, new version or None when nothing was committed).
     """
     from delta.tables import DeltaTable
 
     months = sorted(r[0] for r in frame.select("event_month").distinct().collect())
     if not months:
-        return 0, None
+        if app_id is None:
+            return 0, None
+        # Nothing to insert (every row was a copy the lake holds), yet the cursor must advance:
+        # an empty append commits it.
+        _commit_cursor(spark, settings, frame, app_id, cursor, metadata)
+        commit = commit_of_run(settings, RAW_EVENTS, metadata["run_id"])
+        return (0, commit.version) if commit else (0, None)
     month_list = ", ".join(f"'{m}'" for m in months)  # yyyy-MM strings made by Spark
-    condition = f"t.event_month IN ({month_list}) AND t.source = s.source AND t.event_id = s.event_id"
+    target = [f"t.event_month IN ({month_list})"]
+    if ahead_of is not None:
+        target.append(f"t.tx_id >= {int(ahead_of)}")
+    condition = " AND ".join([*target, "t.source = s.source", "t.event_id = s.event_id"])
     path = table_path(settings, RAW_EVENTS)
-    frame = frame.localCheckpoint()  # one evaluation, even when a conflict makes us retry
 
     def merge() -> None:
         target = DeltaTable.forPath(spark, path)
@@ -199,6 +233,27 @@ def _merge_insert_only(spark, settings: Settings, frame, app_id: str | None, cur
     retry_on_conflict(merge, "raw_events merge")
     commit = commit_of_run(settings, RAW_EVENTS, metadata["run_id"])
     return (commit.rows_added or 0, commit.version) if commit else (0, None)
+
+
+def _commit_cursor(spark, settings: Settings, frame, app_id: str, cursor: int, metadata: dict) -> None:
+    """Append frame (empty) with the cursor as the commit's idempotent-write transaction."""
+    import json
+
+    try:
+        (
+            frame.write.format("delta")
+            .mode("append")
+            .option("txnAppId", app_id)
+            .option("txnVersion", cursor)
+            .option("userMetadata", json.dumps(metadata, separators=(",", ":")))
+            .save(table_path(settings, RAW_EVENTS))
+        )
+    except Exception as exc:
+        if is_conflict(exc):
+            raise ConcurrentSyncError(
+                "another sync committed raw_events at the same time; nothing was written by this run"
+            ) from None
+        raise
 
 
 def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> SyncResult:
@@ -235,7 +290,9 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
     else:
         rng = extract.Range(lo_tx=cursor_before, hi_tx=state.horizon)
 
-    def result(rows_read: int, added: int, version, cursor_after: int, timings=(0.0, 0.0), dups=()) -> SyncResult:
+    def result(
+        rows_read: int, added: int, version, cursor_after: int, timings=(0.0, 0.0), dups=(), days=None
+    ) -> SyncResult:
         return SyncResult(
             RAW_EVENTS,
             settings.cursor_mode,
@@ -252,6 +309,7 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
             run_id,
             list(dups)[:REPORTED_IDS],
             state.default_partition_rows,
+            days or {},
         )
 
     if not lookback and state.horizon <= cursor_before:
@@ -266,6 +324,7 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
             # The cursor stays: an empty range is re-read next time through the index, at no cost.
             return result(0, 0, None, cursor_before, (staged.seconds, 0.0))
         write_started = time.monotonic()
+        days = events_per_day(staging, settings.timezone)
         frame = _staged_frame(spark, settings, staging, run_id)
         frame, dups = _without_duplicates(spark, settings, frame, staging)
         if lookback:
@@ -311,16 +370,19 @@ def sync_raw_events(spark, settings: Settings, run_id: str | None = None) -> Syn
                     )
                 cursor_after = cursor_before  # nothing new: Delta made no commit, the cursor stays
         else:
-            _append(spark, settings, frame, cursor_after, metadata)
-            commit = commit_of_run(settings, RAW_EVENTS, run_id)
-            if commit is None:
+            # Delta skips the write when another sync already recorded a cursor at or above this
+            # one (no commit of this run then); a concurrent commit into the same months makes
+            # this MERGE retry against the new state instead of inserting what the other added.
+            added, version = _merge_insert_only(
+                spark, settings, frame, sync_app_id(settings), cursor_after, metadata, ahead_of=cursor_before
+            )
+            if version is None:
                 raise ConcurrentSyncError("another sync committed raw_events first; nothing was written by this run")
-            added, version = commit.rows_added or 0, commit.version
         write_seconds = time.monotonic() - write_started
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("raw_events: %d rows added in version %s, cursor %d -> %d", added, version, cursor_before, cursor_after)
-    return result(staged.rows, added, version, cursor_after, (staged.seconds, write_seconds), dups)
+    return result(staged.rows, added, version, cursor_after, (staged.seconds, write_seconds), dups, days)
 
 
 def guarantee(settings: Settings) -> str:
@@ -331,27 +393,6 @@ def guarantee(settings: Settings) -> str:
             "is missed until a repair of its day"
         )
     return "exactly once: transaction-id cursor below the oldest running transaction"
-
-
-def _append(spark, settings: Settings, frame, cursor_after: int, metadata: dict) -> None:
-    """Blind append with the cursor as the commit's idempotent-write transaction."""
-    import json
-
-    try:
-        (
-            frame.write.format("delta")
-            .mode("append")
-            .option("txnAppId", sync_app_id(settings))
-            .option("txnVersion", cursor_after)
-            .option("userMetadata", json.dumps(metadata, separators=(",", ":")))
-            .save(table_path(settings, RAW_EVENTS))
-        )
-    except Exception as exc:
-        if is_conflict(exc):
-            raise ConcurrentSyncError(
-                "another sync committed raw_events at the same time; nothing was written by this run"
-            ) from None
-        raise
 
 
 def _describe(rng: extract.Range) -> str:
@@ -374,29 +415,48 @@ def day_bounds(settings: Settings, first_day: date, last_day: date) -> tuple[dat
 
 
 def repair_days(spark, settings: Settings, first_day: date, last_day: date, run_id: str | None = None) -> RepairResult:
-    """Re-read the events of a range of days (configured zone) and insert the ones the lake lacks.
+    """Re-sync a range of days (configured zone): insert every committed event of those days the lake lacks.
 
-    In transaction mode only transactions below the cursor are read: newer ones belong to the next
-    incremental run, so a repair and a sync never write the same rows. Idempotent: a second repair
-    of the same range adds nothing. The cursor does not move.
+    This is what a backfill does. It reads every transaction below the horizon (all of them have
+    finished), whatever the cursor, so it also fills days that incremental runs have not reached
+    yet (a first load day by day, say); the next incremental run finds those rows and adds them
+    only once. Idempotent: a second repair of the same range adds nothing. The cursor does not move.
     """
     run_id = run_id or str(uuid.uuid4())
+    started = time.monotonic()
     check_warehouse(settings)
     ensure_raw_events(spark, settings)
     start, end = day_bounds(settings, first_day, last_day)
     # Fails loudly when row-level security would hide rows, as a sync does.
-    extract.read_source_state(settings, count=False)
+    state = extract.read_source_state(settings)
     cursor = read_cursor(settings)
     lookback = settings.cursor_mode == "lookback"
-    if not lookback and cursor == 0:
-        return RepairResult(str(first_day), str(last_day), 0, 0, delta_version(settings, RAW_EVENTS), run_id)
-    rng = extract.Range(hi_tx=None if lookback else cursor, from_at=start, to_at=end)
+    rng = extract.Range(hi_tx=None if lookback else state.horizon, from_at=start, to_at=end)
+
+    def result(rows_read: int = 0, added: int = 0, version=None, days=None, dups=()) -> RepairResult:
+        return RepairResult(
+            str(first_day),
+            str(last_day),
+            rows_read,
+            added,
+            version if version is not None else delta_version(settings, RAW_EVENTS),
+            run_id,
+            list(dups)[:REPORTED_IDS],
+            cursor=cursor,
+            horizon=state.horizon,
+            events_per_day=days or {},
+            store_events=state.committed_events,
+            default_partition_rows=state.default_partition_rows,
+            seconds=time.monotonic() - started,
+        )
+
     staging = Path(tempfile.mkdtemp(prefix=f"lakehouse-repair-{run_id[:8]}-"))
     try:
         staged = extract.stage_events(settings, rng, staging)
         log.info("repair: read %d events (%s)", staged.rows, _describe(rng))
         if staged.rows == 0:
-            return RepairResult(str(first_day), str(last_day), 0, 0, delta_version(settings, RAW_EVENTS), run_id)
+            return result()
+        days = events_per_day(staging, settings.timezone)
         frame = _staged_frame(spark, settings, staging, run_id)
         frame, dups = _without_duplicates(spark, settings, frame, staging)
         metadata = {
@@ -404,20 +464,26 @@ def repair_days(spark, settings: Settings, first_day: date, last_day: date, run_
             "source": settings.source_name,
             "repair": [str(first_day), str(last_day)],
             "rows_read": staged.rows,
+            "horizon": state.horizon,
         }
         added, version = _merge_insert_only(spark, settings, frame, None, None, metadata)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("repair %s..%s: %d of %d events were missing and are now added", first_day, last_day, added, staged.rows)
-    return RepairResult(
-        str(first_day),
-        str(last_day),
-        staged.rows,
-        added,
-        version if version is not None else delta_version(settings, RAW_EVENTS),
-        run_id,
-        dups[:REPORTED_IDS],
-    )
+    return result(staged.rows, added, version, days, dups)
+
+
+def events_per_day(staging: Path, zone: str) -> dict[str, int]:
+    """Staged events per day of event_at in the zone (the days a run touched), without Spark."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    moments = pq.read_table(staging, columns=["event_at"]).column("event_at")
+    local_days = pc.cast(pc.local_timestamp(pc.cast(moments, pa.timestamp("us", tz=zone))), pa.date32())
+    counts = pc.value_counts(local_days)
+    days, numbers = counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+    return {str(day): int(count) for day, count in sorted(zip(days, numbers, strict=True))}
 
 
 def _staged_spark_schema():

@@ -19,11 +19,10 @@ from pipelines import lake
 from pipelines.errors import LakehouseError, TableNotFoundError
 from pipelines.settings import Settings
 from pipelines.spark import retry_on_conflict
-from pipelines.tables import table_path, table_properties
+from pipelines.tables import RETENTION_PROPERTIES, table_path, table_properties
 
 log = logging.getLogger(__name__)
 
-RETENTION_PROPERTIES = ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration")
 POLICY_SETTING = "[lake] retention_days"
 # How far back in a table's history to look for the VACUUM END commit that holds the count.
 _VACUUM_END_LOOKBACK = 20

@@ -1,10 +1,14 @@
 """Reconciliation: does raw_events hold exactly the events the store says it should, day by day?
 
 The lake claims what its cursor covers: in transaction mode every event whose writing transaction
-lies below the cursor; in lookback mode every event up to the newest event_at synced. Both sides are
-counted per day (event_at's date in the configured zone) at one Delta version; for the days that
-differ, the event id sets are compared and the missing and extra ids listed. A repair of those days
-(pipelines.load.repair_days) heals a gap.
+lies below the cursor; in lookback mode every event up to the newest event_at synced. A backfill
+claims more for its days (every transaction below the horizon it read up to), so a check of a
+backfill's days passes that horizon as the bound. Both sides are counted per day (event_at's date
+in the configured zone) below the bound, at one Delta version; rows a backfill wrote beyond the
+cursor are compared once the cursor has passed them. For the days that differ, the event id sets
+are compared and the missing and extra ids listed. A repair of those days
+(pipelines.load.repair_days) heals a gap. Event ids held more than once by raw_events are listed
+apart (unique_ok).
 """
 
 from __future__ import annotations
@@ -46,10 +50,22 @@ class Reconciliation:
     mismatched_days: list[DayDiff] = field(default_factory=list)
     lake_duplicate_ids: list[str] = field(default_factory=list)
     store_duplicate_ids: list[str] = field(default_factory=list)
+    bound: int | None = None  # compared below this (the cursor, or a backfill's horizon)
+    day_counts: dict[str, list[int]] = field(default_factory=dict)  # day -> [store events, lake events]
+
+    @property
+    def matches(self) -> bool:
+        """Every day below the bound holds the same events in the store and the lake."""
+        return not self.mismatched_days
+
+    @property
+    def unique_ok(self) -> bool:
+        """No event id appears more than once in raw_events."""
+        return not self.lake_duplicate_ids
 
     @property
     def ok(self) -> bool:
-        return not self.mismatched_days and not self.lake_duplicate_ids
+        return self.matches and self.unique_ok
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -86,27 +102,46 @@ def _store_filter(settings: Settings, cursor: int, first: date | None, last: dat
     return " AND ".join(where), params
 
 
-def reconcile(spark, settings: Settings, first_day: date | None = None, last_day: date | None = None) -> Reconciliation:
-    """Compare raw_events with the event store per day, optionally only for [first_day, last_day]."""
+def reconcile(
+    spark,
+    settings: Settings,
+    first_day: date | None = None,
+    last_day: date | None = None,
+    bound: int | None = None,
+) -> Reconciliation:
+    """Compare raw_events with the event store per day, optionally only for [first_day, last_day].
+
+    Args:
+        bound: what the lake claims, in the cursor's unit: every transaction below it (lookback
+            mode: every event_at up to it). Default the cursor; a check of a backfill's days passes
+            the horizon that backfill read up to. Never above what was read, or the store's newer
+            events would count as missing.
+    """
     from pyspark.sql import functions as F
 
     table = open_table(settings, RAW_EVENTS)
     version = table.version()
     cursor = table.transaction_version(sync_app_id(settings)) or 0
-    lake = (
+    bound = cursor if bound is None else bound
+    every_row = (
         spark.read.format("delta")
         .option("versionAsOf", version)
         .load(table_path(settings, RAW_EVENTS))
         .where(F.col("source") == settings.source_name)
     )
+    rows = every_row
     if first_day is not None and last_day is not None:
-        lake = lake.where(F.col("event_date").between(F.lit(first_day), F.lit(last_day)))
+        rows = rows.where(F.col("event_date").between(F.lit(first_day), F.lit(last_day)))
+    if settings.cursor_mode == "lookback":
+        lake = rows.where(F.col("event_at") <= F.lit(extract._from_micros(bound)))
+    else:
+        lake = rows.where(F.col("tx_id") < F.lit(bound))
     lake_counts = {str(r[0]): int(r[1]) for r in lake.groupBy("event_date").count().collect()}
     lake_dups = sorted(
-        r[0] for r in lake.groupBy("event_id").count().where("count > 1").select("event_id").limit(LISTED_IDS).collect()
+        r[0] for r in rows.groupBy("event_id").count().where("count > 1").select("event_id").limit(LISTED_IDS).collect()
     )
 
-    where, params = _store_filter(settings, cursor, first_day, last_day)
+    where, params = _store_filter(settings, bound, first_day, last_day)
     zone = settings.timezone
     table_name = extract._table(settings)
     with connect(settings.pg_dsn, autocommit=True) as conn:
@@ -144,7 +179,7 @@ def reconcile(spark, settings: Settings, first_day: date | None = None, last_day
                 # An id the store holds twice is kept once, possibly on the other copy's day.
                 kept_elsewhere = {
                     r[0]
-                    for r in lake.where(F.col("event_id").isin(sorted(missing & set(store_dups))))
+                    for r in every_row.where(F.col("event_id").isin(sorted(missing & set(store_dups))))
                     .select("event_id")
                     .collect()
                 }
@@ -174,4 +209,6 @@ def reconcile(spark, settings: Settings, first_day: date | None = None, last_day
         diffs,
         lake_dups,
         store_dups,
+        bound,
+        {day: [store_counts.get(day, 0), lake_counts.get(day, 0)] for day in days},
     )

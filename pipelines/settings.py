@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +35,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "AWS_DEFAULT_REGION": ("s3", "region"),
     "LAKEHOUSE_S3_PATH_STYLE": ("s3", "path_style_access"),
     "LAKEHOUSE_CURSOR": ("source", "cursor"),
+    "LAKEHOUSE_SYNC_CRON": ("dagster", "sync_cron"),
+    "LAKEHOUSE_RECONCILE_CRON": ("dagster", "reconcile_cron"),
 }
 
 CURSOR_MODES = ("transaction", "lookback")
@@ -69,6 +72,12 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_path_style_access: bool = True
     cache_dir: Path = Path.home() / ".cache" / "lakehouse"
+    # Dagster: the first day of the daily partitions, the daily reconciliation's schedule, the lag
+    # above which the freshness check warns, and the days per backfill run (0: a whole range).
+    partitions_start: date = date(2024, 1, 1)
+    reconcile_cron: str = "30 3 * * *"
+    freshness_max_lag_minutes: float = 60.0
+    backfill_days_per_run: int = 0
 
     @property
     def zone(self) -> ZoneInfo:
@@ -258,6 +267,16 @@ def load_settings(
     if lookback_seconds < 0:
         raise ConfigError("[source] lookback_seconds must not be negative")
     cache_dir = Path(env.get("LAKEHOUSE_CACHE") or Path.home() / ".cache" / "lakehouse")
+    dagster = raw.get("dagster", {})
+    try:
+        partitions_start = date.fromisoformat(str(dagster.get("partitions_start", "2024-01-01")))
+    except ValueError:
+        raise ConfigError(
+            f"[dagster] partitions_start must be a day such as 2024-01-01, not {dagster.get('partitions_start')!r}"
+        ) from None
+    backfill_days_per_run = int(dagster.get("backfill_days_per_run", 0))
+    if backfill_days_per_run < 0:
+        raise ConfigError("[dagster] backfill_days_per_run must be 0 (a whole range per run) or more")
     return Settings(
         profile=profile,
         pg_dsn=dsn,
@@ -276,7 +295,13 @@ def load_settings(
         kinds=tuple(aggregates.get("kinds", ())),
         deleted_event_suffixes=tuple(aggregates.get("deleted_event_suffixes", ("Deleted",))),
         actor_fields=_actor_fields(aggregates.get("actor", DEFAULT_ACTOR_FIELDS)),
-        sync_cron=str(raw.get("dagster", {}).get("sync_cron", "*/15 * * * *")),
+        sync_cron=str(dagster.get("sync_cron", "*/15 * * * *")),
+        reconcile_cron=str(dagster.get("reconcile_cron", "30 3 * * *")),
+        partitions_start=partitions_start,
+        freshness_max_lag_minutes=_positive_number(
+            dagster.get("freshness_max_lag_minutes", 60), "[dagster] freshness_max_lag_minutes"
+        ),
+        backfill_days_per_run=backfill_days_per_run,
         spark_master=str(spark.get("master", "local[2]")),
         spark_driver_memory=str(spark.get("driver_memory", "2g")),
         spark_conf={str(k): str(v) for k, v in spark.get("conf", {}).items()},

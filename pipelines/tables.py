@@ -122,6 +122,10 @@ def storage_options(settings: Settings) -> dict[str, str]:
     return options
 
 
+# The two properties the retention policy sets on every table.
+RETENTION_PROPERTIES = ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration")
+
+
 def table_properties(settings: Settings, append_only: bool) -> dict[str, str]:
     """Properties every table is created with: the retention policy and in-commit timestamps.
 

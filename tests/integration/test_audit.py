@@ -337,34 +337,27 @@ def test_rls_not_forced_owner_tenant_and_pipeline_fc12(new_store, spark, tmp_pat
 
 
 def test_dagster_check_reports_snapshot_type_conflicts(new_store, spark, tmp_path):
-    from dagster import AssetCheckSeverity, DagsterInstance, materialize
+    from dagster import AssetCheckSeverity
 
-    from dagster_project.assets import build_silver_asset, raw_events
-    from dagster_project.resources import PostgresResource, SparkResource, WarehouseResource
+    from tests.integration import runs
 
     store = new_store()
     warehouse = str(tmp_path / "warehouse")
     settings = make_settings(store, warehouse, kinds=("Patient",))
-    resources = {
-        "spark": SparkResource(postgres=PostgresResource(dsn=store.dsn), warehouse=WarehouseResource(root=warehouse))
-    }
-    assets = [raw_events, build_silver_asset(settings)]
+    defs = runs.definitions(settings, store, warehouse)
     aggregate = str(uuid.uuid4())
     with psycopg.connect(store.admin_dsn) as conn:
         put(conn, "Patient", aggregate, "PatientRegistered", "2025-10-01T09:00:00+09:00", {"weight": 60})
-    first = materialize(assets, resources=resources, instance=DagsterInstance.ephemeral())
-    [check] = first.get_asset_check_evaluations()
-    assert (check.check_name, check.passed) == ("snapshot_types", True)
+    first = runs.run(defs)
+    check = runs.checks(first)[("patient_history", "schema_drift")]
+    assert check.passed, "creating the table is no drift"
     with psycopg.connect(store.admin_dsn) as conn:
         bad = put(conn, "Patient", aggregate, "PatientWeighed", "2025-10-02T09:00:00+09:00", {"weight": "60 kg"})
-    second = materialize(assets, resources=resources, instance=DagsterInstance.ephemeral())
-    assert second.success, "a type conflict never fails the run"
-    [check] = second.get_asset_check_evaluations()
-    assert (check.asset_key.path[-1], check.passed, check.severity) == (
-        "patient_history",
-        False,
-        AssetCheckSeverity.WARN,
-    )
+        put(conn, "Patient", aggregate, "PatientMeasured", "2025-10-03T09:00:00+09:00", {"weight": 61, "height": 170})
+    second = runs.run(defs)
+    assert second.success, "drift never fails the run"
+    check = runs.checks(second)[("patient_history", "schema_drift")]
+    assert (check.passed, check.severity) == (False, AssetCheckSeverity.WARN)
     assert check.metadata["conflicts"].value == [
         {
             "path": "weight",
@@ -375,7 +368,9 @@ def test_dagster_check_reports_snapshot_type_conflicts(new_store, spark, tmp_pat
             "example_event_id": bad,
         }
     ]
+    assert check.metadata["added_columns"].value == ["height"]
     assert "raw JSON is kept" in check.description
+    assert "new snapshot fields, added as columns: height" in check.description
     history_meta = [
         m.metadata
         for m in second.asset_materializations_for_node("silver_tables")

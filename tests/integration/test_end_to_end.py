@@ -2,6 +2,9 @@
 
 The lake must equal the store exactly: the same event_id set in raw_events, and for every
 aggregate the current table holds the latest snapshot (computed independently, in PostgreSQL).
+Every asset and every check of the project's definitions runs in each of three runs, made with
+Dagster's materialize one after the other in this process (FC-09: one live SparkSession serves
+them all).
 """
 
 import json
@@ -9,16 +12,14 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from dagster import DagsterInstance, materialize
 
-from dagster_project.assets import build_silver_asset, raw_events
-from dagster_project.resources import PostgresResource, SparkResource, WarehouseResource
 from pipelines import lake
 from pipelines.audit import access_log, audit
 from pipelines.eventstore.generate import generate_events
 from pipelines.read import read_table
 from pipelines.tables import RAW_EVENTS, current_table_name, history_table_name
 from tests.conftest import make_settings
+from tests.integration import runs
 
 VALID_TO = """
     SELECT event_id::text, aggregate_kind, aggregate_snapshot,
@@ -39,20 +40,43 @@ def store_event_ids(store) -> list[str]:
         return [r[0] for r in conn.execute("SELECT event_id::text FROM eventstore.events")]
 
 
+ASSETS = {
+    "raw_events",
+    "patient_history",
+    "patient_current",
+    "prescription_history",
+    "prescription_current",
+    "dispensing_history",
+    "dispensing_current",
+    "medication_guidance_history",
+    "medication_guidance_current",
+    "_snapshots",
+}
+CHECKS = (
+    {("raw_events", name) for name in ("matches_event_store", "unique_event_ids", "freshness")}
+    | {("raw_events", "default_partition_empty")}
+    | {(name, "retention_policy") for name in ASSETS}
+    | {(f"{kind}_history", "schema_drift") for kind in ("patient", "prescription", "dispensing", "medication_guidance")}
+)
+
+
 def run_dagster(settings, store, warehouse: str, profile: str):
-    resources = {
-        "spark": SparkResource(
-            postgres=PostgresResource(dsn=store.dsn),
-            warehouse=WarehouseResource(root=warehouse, profile=profile),
-        )
-    }
-    result = materialize(
-        [raw_events, build_silver_asset(settings)],
-        resources=resources,
-        instance=DagsterInstance.ephemeral(),
-    )
+    """One run of every asset and check; all materialized, all checks passed, one SparkSession."""
+    result = runs.run(runs.definitions(settings, store, warehouse, profile))
     assert result.success
-    return result
+    materialized = result.get_asset_materialization_events()
+    assert {e.asset_key.path[-1] for e in materialized} == ASSETS
+    evaluations = runs.checks(result)
+    assert set(evaluations) == CHECKS
+    failed = {key: e.description for key, e in evaluations.items() if not e.passed}
+    assert not failed, failed
+    apps = {
+        e.step_materialization_data.materialization.metadata["spark_application"].value
+        for e in materialized
+        if "spark_application" in e.step_materialization_data.materialization.metadata
+    }
+    assert len(apps) == 1, f"every asset of a run shares one SparkSession, not {apps}"
+    return result, apps.pop()
 
 
 def assert_history_equals_store(settings, store) -> None:
@@ -110,23 +134,32 @@ def test_generate_materialize_and_time_travel(kind, new_store, spark, request):
     settings = make_settings(store, warehouse, profile=profile)
     generate_events(store.admin_dsn, 1500, tenants=3, seed=21)
 
-    first = run_dagster(settings, store, warehouse, profile)
-    raw_meta = first.asset_materializations_for_node("raw_events")[0].metadata
-    assert raw_meta["rows_added"].value == 1500
-    assert raw_meta["cursor_after"].value > raw_meta["cursor_before"].value == 0
+    first, spark_app = run_dagster(settings, store, warehouse, profile)
+    raw_meta = runs.raw_metadata(first)
+    assert raw_meta["rows_added"] == 1500
+    assert raw_meta["cursor_after"] > raw_meta["cursor_before"] == 0
+    assert (raw_meta["run_kind"], raw_meta["lag_seconds"], raw_meta["pending_events"]) == ("incremental", 0.0, 0)
+    # The days the run added events to show as materialized partitions.
+    with psycopg.connect(store.admin_dsn) as conn:
+        store_days = {
+            str(r[0])
+            for r in conn.execute("SELECT DISTINCT (event_at AT TIME ZONE 'Asia/Tokyo')::date FROM eventstore.events")
+        }
+    assert {e.partition for e in first.get_asset_materialization_events() if e.partition} == store_days
     assert_lake_equals_store(settings, store)
     after_first = datetime.now(UTC)
     first_version = lake.delta_version(settings, RAW_EVENTS)
 
     generate_events(store.admin_dsn, 400, tenants=3, seed=22, days=20)
-    second = run_dagster(settings, store, warehouse, profile)
-    assert second.asset_materializations_for_node("raw_events")[0].metadata["rows_added"].value == 400
+    second, second_app = run_dagster(settings, store, warehouse, profile)
+    assert runs.raw_metadata(second)["rows_added"] == 400
+    assert second_app == spark_app, "the second materialize reuses the live session"
     assert_lake_equals_store(settings, store)
 
     # A run with nothing new adds nothing and writes no version.
     version_before = lake.delta_version(settings, RAW_EVENTS)
-    third = run_dagster(settings, store, warehouse, profile)
-    assert third.asset_materializations_for_node("raw_events")[0].metadata["rows_added"].value == 0
+    third, _ = run_dagster(settings, store, warehouse, profile)
+    assert runs.raw_metadata(third)["rows_added"] == 0
     assert lake.delta_version(settings, RAW_EVENTS) == version_before
     assert_lake_equals_store(settings, store)
 

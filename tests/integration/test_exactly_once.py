@@ -358,46 +358,47 @@ def test_s3_endpoint_stopped_mid_run(new_store, spark, s3_proxy):
 
 
 def test_failing_reconciliation_blocks_downstream_fc11(new_store, spark, local_warehouse):
-    from dagster import DagsterInstance, materialize
-
-    from dagster_project.assets import build_silver_asset, raw_events, raw_events_matches_store
-    from dagster_project.resources import PostgresResource, SparkResource, WarehouseResource
+    from tests.integration import runs
 
     store = new_store()
     settings = make_settings(store, local_warehouse)
     generate_events(store.admin_dsn, 400, tenants=2, seed=14, days=10)
-    resources = {
-        "spark": SparkResource(
-            postgres=PostgresResource(dsn=store.dsn), warehouse=WarehouseResource(root=local_warehouse)
-        )
-    }
-    assets = [raw_events, build_silver_asset(settings), raw_events_matches_store]
-    first = materialize(assets, resources=resources, instance=DagsterInstance.ephemeral())
+    defs = runs.definitions(settings, store, local_warehouse)
+    first = runs.run(defs)
     assert first.success
-    [evaluation] = [e for e in first.get_asset_check_evaluations() if e.check_name == "matches_event_store"]
+    evaluation = runs.checks(first)[("raw_events", "matches_event_store")]
     assert evaluation.passed and evaluation.metadata["lake_events"].value == 400
 
     victim = _delete_one_lake_row(spark, settings)
     generate_events(store.admin_dsn, 50, tenants=2, seed=15, days=5)
-    second = materialize(assets, resources=resources, instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    second = runs.run(defs, raise_on_error=False)
     assert not second.success
     materialized = {e.asset_key.path[-1] for e in second.get_asset_materialization_events()}
     assert materialized == {"raw_events"}, "downstream assets must not run after a failed blocking check"
-    [evaluation] = [e for e in second.get_asset_check_evaluations() if e.check_name == "matches_event_store"]
+    evaluation = runs.checks(second)[("raw_events", "matches_event_store")]
     assert not evaluation.passed
     [day] = evaluation.metadata["mismatched_days"].value
     assert day["missing_ids"] == [victim["event_id"]]
     assert day["store_events"] == day["lake_events"] + 1
     assert evaluation.metadata["store_events"].value == 450
     assert evaluation.metadata["lake_events"].value == 449
+    assert f"lakehouse repair --from {day['day']} --to {day['day']}" in evaluation.description
+    assert runs.checks(second)[("raw_events", "unique_event_ids")].passed
+
+    # A backfill of that day from Dagster heals the gap; the check passes again.
+    healed = runs.run(defs, days=(day["day"], day["day"]))
+    assert runs.raw_metadata(healed)["rows_added"] == 1
+    assert runs.checks(healed)[("raw_events", "matches_event_store")].passed
+    assert_exactly_once(settings, store)
 
 
 @pytest.mark.stress
 def test_parallel_day_repairs_fc08(new_store, spark, local_warehouse, stress_rounds):
-    """Five days (three in the bounded run) re-synced by separate processes, two at a time, into
-    one table: every day whole, nothing twice, every repair its own commit (Delta conflicts are
-    retried, never lost)."""
-    count = 5 if stress_rounds >= 5 else 3
+    """Five days (two in the bounded run) re-synced by separate `lakehouse repair` processes, two at
+    a time, into one table, outside Dagster's pools: every day whole, nothing twice, every repair
+    its own commit (Delta conflicts are retried, never lost). The same through Dagster, where the
+    pool serializes them: tests/integration/test_ui.py."""
+    count = 5 if stress_rounds >= 5 else 2
     store = new_store()
     settings = make_settings(store, local_warehouse)
     generate_events(store.admin_dsn, 600, tenants=2, seed=16, days=8)
